@@ -1,0 +1,335 @@
+//! Every setting, read once at start from the environment (or the matching flag), typed
+//! and checked, so a bad value stops the process with one line naming the variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::domain::Channel;
+use crate::domain::secret::MIN_SECRET_BYTES;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "otpd",
+    version,
+    about = "One-time-password service: send a code by SMS, call, e-mail or Telegram, then check it."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API (the default).
+    Serve,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address and port to serve the API on.
+    #[arg(
+        long,
+        env = "OTP_LISTEN",
+        value_name = "OTP_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+
+    /// Where state is kept: sqlite://PATH.
+    #[arg(
+        long,
+        env = "OTP_STORE",
+        value_name = "OTP_STORE",
+        default_value = "sqlite://./data/otpd.db"
+    )]
+    pub store: StoreUrl,
+
+    /// Key for hashing codes, at least 32 bytes. Unset with SQLite: generated on first start and kept beside the database (mode 0600).
+    #[arg(
+        long,
+        env = "OTP_SECRET",
+        value_name = "OTP_SECRET",
+        hide_env_values = true
+    )]
+    pub secret: Option<String>,
+
+    /// File holding OTP_SECRET (instead of the variable).
+    #[arg(long, env = "OTP_SECRET_FILE", value_name = "OTP_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
+
+    /// Digits in a generated code.
+    #[arg(long, env = "OTP_CODE_LENGTH", value_name = "OTP_CODE_LENGTH", default_value_t = 6, value_parser = clap::value_parser!(u8).range(4..=10))]
+    pub code_length: u8,
+
+    /// Seconds a code lives when the request gives no "lifetime".
+    #[arg(long, env = "OTP_DEFAULT_LIFETIME", value_name = "OTP_DEFAULT_LIFETIME", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub default_lifetime: u64,
+
+    /// Longest "lifetime" a request may ask for, in seconds.
+    #[arg(long, env = "OTP_MAX_LIFETIME", value_name = "OTP_MAX_LIFETIME", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub max_lifetime: u64,
+
+    /// Live codes kept per target; older ones are dropped when a new one is sent.
+    #[arg(long, env = "OTP_MAX_ACTIVE_CODES", value_name = "OTP_MAX_ACTIVE_CODES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub max_active_codes: u32,
+
+    /// Wrong guesses after which a target's codes are burned until the next send.
+    #[arg(long, env = "OTP_MAX_ATTEMPTS", value_name = "OTP_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+
+    /// Providers for SMS, in failover order (comma-separated).
+    #[arg(
+        long,
+        env = "OTP_SMS_PROVIDERS",
+        value_name = "OTP_SMS_PROVIDERS",
+        default_value = "console"
+    )]
+    pub sms_providers: ProviderList,
+
+    /// Providers for robotic calls, in failover order.
+    #[arg(
+        long,
+        env = "OTP_CALL_PROVIDERS",
+        value_name = "OTP_CALL_PROVIDERS",
+        default_value = "console"
+    )]
+    pub call_providers: ProviderList,
+
+    /// Providers for e-mail, in failover order.
+    #[arg(
+        long,
+        env = "OTP_EMAIL_PROVIDERS",
+        value_name = "OTP_EMAIL_PROVIDERS",
+        default_value = "console"
+    )]
+    pub email_providers: ProviderList,
+
+    /// Providers for Telegram, in failover order.
+    #[arg(
+        long,
+        env = "OTP_TELEGRAM_PROVIDERS",
+        value_name = "OTP_TELEGRAM_PROVIDERS",
+        default_value = "console"
+    )]
+    pub telegram_providers: ProviderList,
+
+    /// Send every message to the console provider, whatever the provider lists say.
+    #[arg(long, env = "DUMMY", value_name = "DUMMY")]
+    pub dummy: bool,
+
+    /// Basic auth user name; set together with HTTP_AUTH_PASSWORD to require it.
+    #[arg(long, env = "HTTP_AUTH_USERNAME", value_name = "HTTP_AUTH_USERNAME")]
+    pub http_auth_username: Option<String>,
+
+    /// Basic auth password; set together with HTTP_AUTH_USERNAME.
+    #[arg(
+        long,
+        env = "HTTP_AUTH_PASSWORD",
+        value_name = "HTTP_AUTH_PASSWORD",
+        hide_env_values = true
+    )]
+    pub http_auth_password: Option<String>,
+
+    /// Delivery jobs sent at once by this process; 0 turns delivery off here.
+    #[arg(long, env = "OTP_DELIVERY_WORKERS", value_name = "OTP_DELIVERY_WORKERS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub delivery_workers: u16,
+
+    /// Seconds a delivery job stays with a worker before another may take it over.
+    #[arg(long, env = "OTP_DELIVERY_LEASE", value_name = "OTP_DELIVERY_LEASE", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub delivery_lease: u64,
+
+    /// Seconds between sweeps that remove expired codes and old jobs.
+    #[arg(long, env = "OTP_PURGE_INTERVAL", value_name = "OTP_PURGE_INTERVAL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub purge_interval: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {reason}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(variable: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError {
+            variable,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Config {
+    /// The checks that involve more than one setting, or more than a type.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.default_lifetime > self.max_lifetime {
+            return Err(ConfigError::new(
+                "OTP_DEFAULT_LIFETIME",
+                format!("must not exceed OTP_MAX_LIFETIME ({})", self.max_lifetime),
+            ));
+        }
+        if let Some(secret) = &self.secret {
+            if secret.len() < MIN_SECRET_BYTES {
+                return Err(ConfigError::new(
+                    "OTP_SECRET",
+                    format!("must be at least {MIN_SECRET_BYTES} bytes"),
+                ));
+            }
+            if self.secret_file.is_some() {
+                return Err(ConfigError::new(
+                    "OTP_SECRET_FILE",
+                    "set OTP_SECRET or OTP_SECRET_FILE, not both",
+                ));
+            }
+        }
+        match (&self.http_auth_username, &self.http_auth_password) {
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "HTTP_AUTH_PASSWORD",
+                    "must be set when HTTP_AUTH_USERNAME is",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "HTTP_AUTH_USERNAME",
+                    "must be set when HTTP_AUTH_PASSWORD is",
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub fn providers(&self, channel: Channel) -> &[ProviderName] {
+        let list = match channel {
+            Channel::Sms => &self.sms_providers,
+            Channel::Call => &self.call_providers,
+            Channel::Email => &self.email_providers,
+            Channel::Telegram => &self.telegram_providers,
+        };
+        &list.0
+    }
+
+    pub fn basic_auth(&self) -> Option<(&str, &str)> {
+        self.http_auth_username
+            .as_deref()
+            .zip(self.http_auth_password.as_deref())
+    }
+
+    pub fn delivery_lease(&self) -> Duration {
+        Duration::from_secs(self.delivery_lease)
+    }
+
+    pub fn purge_interval(&self) -> Duration {
+        Duration::from_secs(self.purge_interval)
+    }
+}
+
+/// `OTP_STORE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite(PathBuf),
+}
+
+impl FromStr for StoreUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once("://") {
+            Some(("sqlite", path)) if !path.is_empty() => Ok(StoreUrl::Sqlite(PathBuf::from(path))),
+            Some(("sqlite", _)) => {
+                Err("sqlite:// needs a file path, e.g. sqlite://./data/otpd.db".into())
+            }
+            Some((scheme, _)) => Err(format!(
+                "the {scheme}:// store is not available in this build; use sqlite://PATH"
+            )),
+            None => Err("must be a URL like sqlite://./data/otpd.db".into()),
+        }
+    }
+}
+
+/// Provider names; each later provider adds a variant here and a file in `delivery/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderName {
+    Console,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderList(pub Vec<ProviderName>);
+
+impl FromStr for ProviderList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let names = s
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| match n {
+                "console" => Ok(ProviderName::Console),
+                other => Err(format!("unknown provider {other:?} (available: console)")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if names.is_empty() {
+            return Err("must name at least one provider".into());
+        }
+        Ok(ProviderList(names))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let mut all = vec!["otpd"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).map(|c| c.config)
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let c = parse(&[]).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.store, StoreUrl::Sqlite("./data/otpd.db".into()));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = parse(&["--max-attempts", "0"]).unwrap_err().to_string();
+        assert!(err.contains("OTP_MAX_ATTEMPTS"), "{err}");
+        let err = parse(&["--sms-providers", "carrier-pigeon"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("OTP_SMS_PROVIDERS") && err.contains("carrier-pigeon"),
+            "{err}"
+        );
+        let err = parse(&["--store", "redis://x"]).unwrap_err().to_string();
+        assert!(err.contains("OTP_STORE"), "{err}");
+    }
+
+    #[test]
+    fn auth_needs_both_halves_and_secret_needs_length() {
+        let err = parse(&["--http-auth-username", "admin"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.variable, "HTTP_AUTH_PASSWORD");
+        let err = parse(&["--secret", "short"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.variable, "OTP_SECRET");
+        let err = parse(&["--default-lifetime", "100", "--max-lifetime", "50"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.variable, "OTP_DEFAULT_LIFETIME");
+    }
+}

@@ -1,0 +1,141 @@
+//! Sending codes: the outbox jobs, the `Provider` seam, and the worker that drains them.
+
+mod console;
+mod worker;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rand::RngCore;
+use serde::Serialize;
+
+pub use console::{ConsoleOut, ConsoleProvider};
+pub use worker::{DeliverySettings, Worker};
+
+use crate::clock::Timestamp;
+use crate::domain::Channel;
+use crate::domain::message::MessageContent;
+
+/// 128 random bits, hex: unguessable, since `GET /deliveries/{id}` shows the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeliveryId([u8; 16]);
+
+impl DeliveryId {
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        DeliveryId(bytes)
+    }
+}
+
+impl fmt::Display for DeliveryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl FromStr for DeliveryId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let mut bytes = [0u8; 16];
+        if s.len() != 32 || s.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(());
+        }
+        hex::decode_to_slice(s, &mut bytes).map_err(|_| ())?;
+        Ok(DeliveryId(bytes))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Queued,
+    Sending,
+    Sent,
+    Failed,
+    Expired,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Queued => "queued",
+            DeliveryState::Sending => "sending",
+            DeliveryState::Sent => "sent",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Expired => "expired",
+        }
+    }
+}
+
+impl FromStr for DeliveryState {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        [
+            DeliveryState::Queued,
+            DeliveryState::Sending,
+            DeliveryState::Sent,
+            DeliveryState::Failed,
+            DeliveryState::Expired,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+        .ok_or(())
+    }
+}
+
+/// A job taken by a worker: everything a provider needs to send it.
+#[derive(Debug, Clone)]
+pub struct DeliveryJob {
+    pub id: DeliveryId,
+    pub channel: Channel,
+    pub target: String,
+    pub content: MessageContent,
+    /// Attempts so far, including the one this claim starts.
+    pub attempts: u32,
+    pub expires_at: Timestamp,
+}
+
+/// How one attempt ended, as the store records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptResult {
+    Sent { provider: String },
+    Retry { at: Timestamp, error: String },
+    Failed { error: String },
+    Expired { error: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// Timeouts, 5xx, refused connections: the next provider, or a later retry, may work.
+    #[error("{0}")]
+    Retryable(String),
+    /// The provider refused the message itself (4xx, an invalid number): retrying is useless.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// Something that can put a message in front of a person on one or more channels.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    fn name(&self) -> &'static str;
+    async fn send(&self, job: &DeliveryJob) -> Result<(), ProviderError>;
+}
+
+/// The ordered providers of each channel: the first that accepts a message wins.
+#[derive(Clone, Default)]
+pub struct ProviderChains {
+    chains: [Vec<Arc<dyn Provider>>; 4],
+}
+
+impl ProviderChains {
+    pub fn set(&mut self, channel: Channel, providers: Vec<Arc<dyn Provider>>) {
+        self.chains[channel as usize] = providers;
+    }
+
+    pub fn get(&self, channel: Channel) -> &[Arc<dyn Provider>] {
+        &self.chains[channel as usize]
+    }
+}

@@ -1,0 +1,166 @@
+//! What is sent: per-channel templates with a `{password}` placeholder.
+
+use serde::{Deserialize, Serialize};
+
+use super::code::Password;
+use super::{Channel, InvalidField};
+
+pub const PLACEHOLDER: &str = "{password}";
+
+const MAX_MESSAGE_CHARS: usize = 1_600;
+const MAX_SUBJECT_CHARS: usize = 255;
+const MAX_TEXT_CHARS: usize = 20_000;
+
+const DEFAULT_MESSAGE: &str = "Your code is {password}";
+const DEFAULT_SUBJECT: &str = "Your verification code";
+const DEFAULT_TEXT: &str = "Your verification code is {password}";
+
+/// The rendered message of one delivery. It contains the code, so it lives only in the
+/// delivery job and is erased when the job ends.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum MessageContent {
+    Text {
+        text: String,
+    },
+    Email {
+        subject: String,
+        text: String,
+        html: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for MessageContent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MessageContent(***)")
+    }
+}
+
+/// The caller's templates, as given (all optional).
+#[derive(Debug, Clone, Default)]
+pub struct Templates {
+    pub message: Option<String>,
+    pub subject: Option<String>,
+    pub text: Option<String>,
+    pub html: Option<String>,
+}
+
+impl Templates {
+    /// Checks the templates and fills in `password`. When the code was generated
+    /// (`generated`), every template the caller gave must say where the code goes,
+    /// or the person would receive a message without it.
+    pub fn render(
+        &self,
+        channel: Channel,
+        password: &Password,
+        generated: bool,
+    ) -> Result<MessageContent, InvalidField> {
+        let fill = |field: &'static str,
+                    given: &Option<String>,
+                    default: &str,
+                    max: usize|
+         -> Result<String, InvalidField> {
+            let template = given.as_deref().unwrap_or(default);
+            if template.chars().count() > max {
+                return Err(InvalidField::new(
+                    field,
+                    format!("must be at most {max} characters"),
+                ));
+            }
+            if generated && given.is_some() && !template.contains(PLACEHOLDER) {
+                return Err(InvalidField::new(
+                    field,
+                    "must contain {password} when no \"password\" is given",
+                ));
+            }
+            Ok(template.replace(PLACEHOLDER, password.reveal()))
+        };
+        match channel {
+            Channel::Sms | Channel::Call | Channel::Telegram => Ok(MessageContent::Text {
+                text: fill("message", &self.message, DEFAULT_MESSAGE, MAX_MESSAGE_CHARS)?,
+            }),
+            Channel::Email => {
+                let subject = self.subject.as_deref().unwrap_or(DEFAULT_SUBJECT);
+                if subject.chars().count() > MAX_SUBJECT_CHARS {
+                    return Err(InvalidField::new(
+                        "subject",
+                        format!("must be at most {MAX_SUBJECT_CHARS} characters"),
+                    ));
+                }
+                // A line break in a subject would let a caller add mail headers.
+                if subject.chars().any(char::is_control) {
+                    return Err(InvalidField::new("subject", "must be one line"));
+                }
+                let text = fill("text", &self.text, DEFAULT_TEXT, MAX_TEXT_CHARS)?;
+                let html = match &self.html {
+                    None => None,
+                    Some(_) => Some(fill("html", &self.html, "", MAX_TEXT_CHARS * 3)?),
+                };
+                Ok(MessageContent::Email {
+                    subject: subject.replace(PLACEHOLDER, password.reveal()),
+                    text,
+                    html,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code() -> Password {
+        Password::parse("4242").unwrap()
+    }
+
+    #[test]
+    fn default_templates_carry_the_code() {
+        let m = Templates::default()
+            .render(Channel::Sms, &code(), true)
+            .unwrap();
+        assert_eq!(
+            m,
+            MessageContent::Text {
+                text: "Your code is 4242".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_given_message_without_placeholder_is_sent_as_is_with_a_given_password() {
+        let t = Templates {
+            message: Some("Your OTP is 4242".into()),
+            ..Default::default()
+        };
+        let m = t.render(Channel::Sms, &code(), false).unwrap();
+        assert_eq!(
+            m,
+            MessageContent::Text {
+                text: "Your OTP is 4242".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_generated_code_needs_a_placeholder() {
+        let t = Templates {
+            message: Some("hello".into()),
+            ..Default::default()
+        };
+        let err = t.render(Channel::Telegram, &code(), true).unwrap_err();
+        assert_eq!(err.field, "message");
+    }
+
+    #[test]
+    fn email_subject_must_be_one_line() {
+        let t = Templates {
+            subject: Some("Hi\r\nBcc: x@example.com".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            t.render(Channel::Email, &code(), true).unwrap_err().field,
+            "subject"
+        );
+    }
+}

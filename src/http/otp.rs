@@ -1,0 +1,97 @@
+//! `POST /{channel}` and `GET|POST /{channel}/check`.
+
+use std::net::IpAddr;
+
+use axum::extract::State;
+use axum::response::Response;
+use serde::Serialize;
+
+use super::AppState;
+use super::error::{self, ApiError};
+use super::params::Params;
+use crate::domain::code::Password;
+use crate::domain::message::Templates;
+use crate::domain::service::CreateRequest;
+use crate::domain::verification::CheckOutcome;
+use crate::domain::{Channel, Target};
+
+#[derive(Serialize)]
+struct CreatedContent {
+    id: String,
+    expires_at: String,
+}
+
+fn target(params: &Params, channel: Channel) -> Result<Target, ApiError> {
+    let raw = params.required_text(channel.target_field())?;
+    Ok(Target::parse(channel, &raw)?)
+}
+
+fn password(params: &Params) -> Result<Option<Password>, ApiError> {
+    Ok(params
+        .text("password")?
+        .map(|p| Password::parse(&p))
+        .transpose()?)
+}
+
+fn ip(params: &Params) -> Result<Option<IpAddr>, ApiError> {
+    params
+        .text("ip")?
+        .map(|raw| {
+            raw.parse::<IpAddr>()
+                .map_err(|_| ApiError::invalid("ip", "must be an IPv4 or IPv6 address"))
+        })
+        .transpose()
+}
+
+pub async fn create(
+    State(app): State<AppState>,
+    channel: Channel,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let target = target(&params, channel)?;
+    let templates = match channel {
+        Channel::Email => Templates {
+            message: None,
+            subject: params.text("subject")?,
+            text: params.text("text")?,
+            html: params.text("html")?,
+        },
+        _ => Templates {
+            message: params.text("message")?,
+            ..Templates::default()
+        },
+    };
+    let request = CreateRequest {
+        channel,
+        target,
+        password: password(&params)?,
+        lifetime_secs: params.integer("lifetime")?,
+        templates,
+        ip: ip(&params)?,
+    };
+    let created = app.otp.create(request).await?;
+    Ok(error::ok_with(CreatedContent {
+        id: created.delivery_id.to_string(),
+        expires_at: created.expires_at.to_rfc3339(),
+    }))
+}
+
+pub async fn check(
+    State(app): State<AppState>,
+    channel: Channel,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let target = target(&params, channel)?;
+    let password = password(&params)?.ok_or(ApiError::MissingParameter("password"))?;
+    Ok(match app.otp.check(channel, &target, &password).await? {
+        CheckOutcome::Verified => error::ok(),
+        CheckOutcome::InvalidPassword => error::refused(
+            "invalid_password",
+            "the password is wrong, expired or already used",
+        ),
+        CheckOutcome::AttemptsExceeded => error::refused(
+            "attempts_exceeded",
+            "too many wrong passwords; request a new one",
+        ),
+    })
+}

@@ -1,0 +1,234 @@
+//! otpd: a self-hosted one-time-password service. `App::start` builds the store, the
+//! domain service, the HTTP server and the background workers from a `Config`; `main`
+//! and the integration tests both use it.
+
+pub mod clock;
+pub mod config;
+pub mod delivery;
+pub mod domain;
+pub mod http;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, ConfigError, ProviderName, StoreUrl};
+use crate::delivery::{
+    ConsoleOut, ConsoleProvider, DeliverySettings, Provider, ProviderChains, Worker,
+};
+use crate::domain::Channel;
+use crate::domain::secret::Secret;
+use crate::domain::service::{CodeSettings, OtpService};
+use crate::store::{SharedStore, SqliteStore, StoreError};
+
+/// What the process takes from its surroundings; tests replace these.
+#[derive(Clone)]
+pub struct Deps {
+    pub clock: Arc<dyn Clock>,
+    pub console: ConsoleOut,
+}
+
+impl Default for Deps {
+    fn default() -> Self {
+        Deps {
+            clock: Arc::new(SystemClock),
+            console: ConsoleOut::stdout(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("OTP_STORE: {0}")]
+    Store(#[from] store::OpenError),
+    #[error("OTP_SECRET: {0}")]
+    Secret(#[from] domain::secret::SecretError),
+    #[error("OTP_LISTEN: cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running otpd: the server, the delivery worker and the purger.
+pub struct App {
+    addr: SocketAddr,
+    store: SharedStore,
+    clock: Arc<dyn Clock>,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl App {
+    pub async fn start(config: Config, deps: Deps) -> Result<App, StartError> {
+        config.validate()?;
+        let StoreUrl::Sqlite(path) = &config.store;
+        // Opened first: it creates the data directory the generated secret is kept in.
+        let store: SharedStore = Arc::new(SqliteStore::open(path)?);
+        let secret = match (&config.secret, &config.secret_file) {
+            (Some(s), _) => Secret::new(s.as_bytes())?,
+            (None, Some(file)) => read_secret_file(file)?,
+            (None, None) => Secret::load_or_create(&path.with_file_name("otpd.secret"))?,
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+
+        let wakeup = Arc::new(Notify::new());
+        let settings = CodeSettings {
+            code_length: config.code_length,
+            default_lifetime: Duration::from_secs(config.default_lifetime),
+            max_lifetime: Duration::from_secs(config.max_lifetime),
+            max_active: config.max_active_codes,
+            max_attempts: config.max_attempts,
+        };
+        let otp = Arc::new(OtpService::new(
+            store.clone(),
+            deps.clock.clone(),
+            secret,
+            settings,
+            wakeup.clone(),
+        ));
+        let auth = config
+            .basic_auth()
+            .map(|(user, pass)| http::BasicAuth::new(user, pass));
+        let router = http::router(
+            http::AppState {
+                otp,
+                store: store.clone(),
+            },
+            auth,
+        );
+
+        let (shutdown, _) = watch::channel(false);
+        let mut stop = shutdown.subscribe();
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "the HTTP server stopped");
+            }
+        });
+
+        let mut background = Vec::new();
+        if config.delivery_workers > 0 {
+            let worker = Arc::new(Worker::new(
+                store.clone(),
+                provider_chains(&config, &deps),
+                deps.clock.clone(),
+                DeliverySettings {
+                    concurrency: usize::from(config.delivery_workers),
+                    lease: config.delivery_lease(),
+                    poll_interval: Duration::from_secs(1),
+                    retry_base: Duration::from_secs(2),
+                    retry_cap: Duration::from_secs(120),
+                },
+                wakeup,
+            ));
+            background.push(tokio::spawn(worker.run(shutdown.subscribe())));
+        }
+        background.push(tokio::spawn(purge_loop(
+            store.clone(),
+            deps.clock.clone(),
+            config.purge_interval(),
+            shutdown.subscribe(),
+        )));
+        tracing::info!(%addr, store = %path.display(), "otpd is serving");
+        Ok(App {
+            addr,
+            store,
+            clock: deps.clock,
+            shutdown,
+            server,
+            background,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// One sweep of what the background purger does every `OTP_PURGE_INTERVAL`.
+    pub async fn purge_expired(&self) -> Result<u64, StoreError> {
+        self.store.purge_expired(self.clock.now()).await
+    }
+
+    /// Stops accepting, lets in-flight requests and deliveries finish, then closes the store.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.server.await;
+        for task in self.background {
+            let _ = task.await;
+        }
+        self.store.close().await;
+        tracing::info!("otpd stopped");
+    }
+}
+
+fn read_secret_file(path: &std::path::Path) -> Result<Secret, StartError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        StartError::Config(ConfigError {
+            variable: "OTP_SECRET_FILE",
+            reason: format!("cannot read {}: {e}", path.display()),
+        })
+    })?;
+    Ok(Secret::new(text.trim_end_matches(['\n', '\r']))?)
+}
+
+fn provider_chains(config: &Config, deps: &Deps) -> ProviderChains {
+    let mut chains = ProviderChains::default();
+    for channel in Channel::ALL {
+        let names: &[ProviderName] = if config.dummy {
+            &[ProviderName::Console]
+        } else {
+            config.providers(channel)
+        };
+        let providers = names
+            .iter()
+            .map(|name| -> Arc<dyn Provider> {
+                match name {
+                    ProviderName::Console => Arc::new(ConsoleProvider::new(deps.console.clone())),
+                }
+            })
+            .collect();
+        chains.set(channel, providers);
+    }
+    chains
+}
+
+async fn purge_loop(
+    store: SharedStore,
+    clock: Arc<dyn Clock>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        match store.purge_expired(clock.now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "purged expired state"),
+            Err(e) => tracing::warn!(error = %e, "cannot purge expired state"),
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Where state lives. Every method is one atomic step, so that concurrent requests (and,
+//! on a shared store, several replicas) can never interleave inside a decision.
+
+mod sqlite;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+pub use sqlite::{OpenError, SqliteStore};
+
+use crate::clock::Timestamp;
+use crate::delivery::{AttemptResult, DeliveryId, DeliveryJob, DeliveryState};
+use crate::domain::Channel;
+use crate::domain::limits::{LimitHit, LimitKind, LimitRules, LimitRulesUpdate};
+use crate::domain::message::MessageContent;
+use crate::domain::secret::CodeHash;
+use crate::domain::verification::CheckOutcome;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or written right now; worth retrying later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug or corrupt data.
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+/// A code to store, with the delivery job that sends it, written together.
+#[derive(Debug, Clone)]
+pub struct NewCode {
+    pub channel: Channel,
+    pub target: String,
+    pub hash: CodeHash,
+    pub ip: Option<IpAddr>,
+    pub now: Timestamp,
+    pub expires_at: Timestamp,
+    pub max_active: u32,
+    pub delivery_id: DeliveryId,
+    pub content: MessageContent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created,
+    /// IP rules exist for the channel but the request named no `ip`.
+    IpRequired,
+    Limited(LimitKind, LimitHit),
+}
+
+#[derive(Debug, Clone)]
+pub struct CodeCheck {
+    pub channel: Channel,
+    pub target: String,
+    pub hash: CodeHash,
+    pub now: Timestamp,
+    pub max_attempts: u32,
+}
+
+/// What `GET /deliveries/{id}` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryStatus {
+    pub id: String,
+    pub channel: Channel,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub expires_at: String,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Checks the send limits, stores the code (keeping the newest `max_active`), resets
+    /// the wrong-guess count, records the send and enqueues the delivery, all or nothing.
+    async fn create_code(&self, code: NewCode) -> Result<CreateOutcome, StoreError>;
+
+    /// Compares, counts a failure or spends, per `domain::verification::decide_check`.
+    async fn check_code(&self, check: CodeCheck) -> Result<CheckOutcome, StoreError>;
+
+    async fn limit_rules(&self, channel: Channel) -> Result<LimitRules, StoreError>;
+
+    async fn update_limit_rules(
+        &self,
+        channel: Channel,
+        update: LimitRulesUpdate,
+    ) -> Result<LimitRules, StoreError>;
+
+    /// Takes up to `max` due jobs for sending, leased until `lease_until`. Jobs whose
+    /// code has expired before sending are marked `expired` instead.
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        max: usize,
+    ) -> Result<Vec<DeliveryJob>, StoreError>;
+
+    async fn finish_attempt(
+        &self,
+        id: DeliveryId,
+        result: AttemptResult,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    async fn delivery(&self, id: DeliveryId) -> Result<Option<DeliveryStatus>, StoreError>;
+
+    /// Removes expired codes, stale guess counts and sends, and old finished jobs.
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
+
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Finishes what was accepted and releases the store.
+    async fn close(&self);
+}
+
+pub type SharedStore = Arc<dyn Store>;

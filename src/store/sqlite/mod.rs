@@ -1,0 +1,197 @@
+//! The embedded store: one SQLite file in WAL mode, written by one thread with group
+//! commit (see `writer`). Everything a request decides happens inside one transaction.
+
+mod codes;
+mod deliveries;
+mod limits;
+mod writer;
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, ErrorCode};
+
+use self::writer::Writer;
+use super::{CodeCheck, CreateOutcome, DeliveryStatus, NewCode, Store, StoreError};
+use crate::clock::Timestamp;
+use crate::delivery::{AttemptResult, DeliveryId, DeliveryJob};
+use crate::domain::Channel;
+use crate::domain::limits::{LimitRules, LimitRulesUpdate};
+use crate::domain::verification::CheckOutcome;
+
+/// How long finished delivery jobs stay visible at `GET /deliveries/{id}`.
+const FINISHED_DELIVERY_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create the data directory {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is in use by another otpd process (only one may use an SQLite store)")]
+    Locked { path: String },
+    #[error("cannot open {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the database {path}: {source}")]
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+}
+
+pub struct SqliteStore {
+    writer: Writer,
+    // Held for the life of the store: a second process on the same file would deliver
+    // jobs twice, since leases assume one owner.
+    _lock: File,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self, OpenError> {
+        let display = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let lock_path = PathBuf::from(format!("{display}.lock"));
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| OpenError::Io {
+                path: lock_path.display().to_string(),
+                source,
+            })?;
+        lock.try_lock().map_err(|_| OpenError::Locked {
+            path: display.clone(),
+        })?;
+        let sqlite_err = |source| OpenError::Sqlite {
+            path: display.clone(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(sqlite_err)?;
+        // FULL: a commit is on disk before it is acknowledged, even after a power cut.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(sqlite_err)?;
+        conn.execute_batch(include_str!("schema.sql"))
+            .map_err(sqlite_err)?;
+        // Jobs a previous process was sending when it died belong to nobody now.
+        deliveries::requeue_orphans(&conn).map_err(sqlite_err)?;
+        let writer = Writer::start(conn).map_err(|source| OpenError::Io {
+            path: display,
+            source,
+        })?;
+        Ok(SqliteStore {
+            writer,
+            _lock: lock,
+        })
+    }
+}
+
+fn map_err(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::CannotOpen
+            | ErrorCode::ReadOnly
+            | ErrorCode::OutOfMemory,
+        ) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_code(&self, code: NewCode) -> Result<CreateOutcome, StoreError> {
+        self.writer
+            .call(move |conn| codes::create(conn, &code))
+            .await
+    }
+
+    async fn check_code(&self, check: CodeCheck) -> Result<CheckOutcome, StoreError> {
+        self.writer
+            .call(move |conn| codes::check(conn, &check))
+            .await
+    }
+
+    async fn limit_rules(&self, channel: Channel) -> Result<LimitRules, StoreError> {
+        self.writer
+            .call(move |conn| limits::load(conn, channel))
+            .await
+    }
+
+    async fn update_limit_rules(
+        &self,
+        channel: Channel,
+        update: LimitRulesUpdate,
+    ) -> Result<LimitRules, StoreError> {
+        self.writer
+            .call(move |conn| limits::update(conn, channel, &update))
+            .await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        max: usize,
+    ) -> Result<Vec<DeliveryJob>, StoreError> {
+        self.writer
+            .call(move |conn| deliveries::claim(conn, now, lease_until, max))
+            .await
+    }
+
+    async fn finish_attempt(
+        &self,
+        id: DeliveryId,
+        result: AttemptResult,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .call(move |conn| deliveries::finish(conn, id, &result, now))
+            .await
+    }
+
+    async fn delivery(&self, id: DeliveryId) -> Result<Option<DeliveryStatus>, StoreError> {
+        self.writer
+            .call(move |conn| deliveries::status(conn, id))
+            .await
+    }
+
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        self.writer
+            .call(move |conn| {
+                let mut purged = codes::purge(conn, now)?;
+                purged += limits::purge_sends(conn, now)?;
+                purged += deliveries::purge(conn, now.minus(FINISHED_DELIVERY_RETENTION))?;
+                Ok(purged)
+            })
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.writer
+            .call(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(map_err))
+            .await
+    }
+
+    async fn close(&self) {
+        self.writer.stop().await;
+    }
+}

@@ -1,0 +1,57 @@
+-- Codes: only the keyed hash of each code is kept.
+CREATE TABLE IF NOT EXISTS codes (
+    id         INTEGER PRIMARY KEY,
+    channel    TEXT    NOT NULL,
+    target     TEXT    NOT NULL,
+    hash       BLOB    NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS codes_by_target ON codes (channel, target, id);
+CREATE INDEX IF NOT EXISTS codes_by_expiry ON codes (expires_at);
+
+-- Wrong guesses since the last send of a (channel, target); lives as long as its codes.
+CREATE TABLE IF NOT EXISTS guesses (
+    channel    TEXT    NOT NULL,
+    target     TEXT    NOT NULL,
+    failures   INTEGER NOT NULL,
+    burned     INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (channel, target)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS guesses_by_expiry ON guesses (expires_at);
+
+-- Accepted sends, for the sliding-window limits. kind is 'ip' or 'target'.
+CREATE TABLE IF NOT EXISTS sends (
+    channel TEXT    NOT NULL,
+    kind    TEXT    NOT NULL,
+    key     TEXT    NOT NULL,
+    at      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sends_by_key ON sends (channel, kind, key, at);
+CREATE INDEX IF NOT EXISTS sends_by_time ON sends (at);
+
+-- Limit rules set at run time; a missing row means the default.
+CREATE TABLE IF NOT EXISTS limit_rules (
+    channel TEXT NOT NULL,
+    kind    TEXT NOT NULL,
+    rules   TEXT NOT NULL,
+    PRIMARY KEY (channel, kind)
+) WITHOUT ROWID;
+
+-- The delivery outbox. payload holds the message (and so the code) until the job ends.
+CREATE TABLE IF NOT EXISTS deliveries (
+    id              TEXT    PRIMARY KEY,
+    channel         TEXT    NOT NULL,
+    target          TEXT    NOT NULL,
+    payload         TEXT,
+    state           TEXT    NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    provider        TEXT,
+    error           TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    expires_at      INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    lease_until     INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at);
