@@ -90,7 +90,7 @@ mod tests {
     fn formats_rfc3339_in_utc() {
         assert_eq!(
             Timestamp::from_millis(1_795_000_000_000).to_rfc3339(),
-            "2026-11-18T08:26:40Z"
+            "2026-11-18T11:06:40Z"
         );
     }
 

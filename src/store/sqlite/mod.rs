@@ -80,10 +80,14 @@ impl SqliteStore {
         };
         let conn = Connection::open(path).map_err(sqlite_err)?;
         // FULL: a commit is on disk before it is acknowledged, even after a power cut.
+        // A short busy timeout: otpd is the only writer (see the lock file), so a lock
+        // held elsewhere is an operator's session, and callers should get a prompt 503
+        // rather than hang. secure_delete zeroes erased messages (they held codes).
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
-             PRAGMA busy_timeout = 5000;",
+             PRAGMA busy_timeout = 1000;
+             PRAGMA secure_delete = ON;",
         )
         .map_err(sqlite_err)?;
         conn.execute_batch(include_str!("schema.sql"))

@@ -1,0 +1,349 @@
+//! The real binary: acknowledged codes and jobs survive `kill -9`, SIGTERM stops cleanly,
+//! and bad configuration stops the process with one clear line.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::TestApp;
+
+const SECRET: &str = "an-operator-secret-of-at-least-32-bytes";
+
+struct Otpd {
+    child: Child,
+    base: String,
+    stdout: mpsc::Receiver<String>,
+}
+
+/// Starts the binary on a free port; returns once it says where it listens.
+fn start(dir: &Path, env: &[(&str, &str)]) -> Otpd {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_otpd"))
+        .current_dir(dir)
+        .env_clear()
+        .env("OTP_LISTEN", "127.0.0.1:0")
+        .env("OTP_SECRET", SECRET)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (addr_tx, addr_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("addr=").nth(1) {
+                let _ = addr_tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+            }
+        }
+    });
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (out_tx, out_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = out_tx.send(line);
+        }
+    });
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("otpd did not start");
+    Otpd {
+        child,
+        base: format!("http://{addr}"),
+        stdout: out_rx,
+    }
+}
+
+async fn call(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Value,
+) -> Value {
+    let text = client
+        .request(method, url)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test]
+async fn acknowledged_codes_and_jobs_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    // No delivery in the first life, so every job is still pending when it dies.
+    let mut first = start(dir.path(), &[("OTP_DELIVERY_WORKERS", "0")]);
+    let client = reqwest::Client::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let (client, base) = (client.clone(), first.base.clone());
+        tasks.spawn(async move {
+            let phone = format!("7701{i:07}");
+            let body = json!({"phone": phone, "password": format!("{i:06}"), "lifetime": 3600});
+            let answer = call(&client, reqwest::Method::POST, format!("{base}/sms"), body).await;
+            assert_eq!(answer["status"], true, "{answer}");
+            (
+                phone,
+                format!("{i:06}"),
+                answer["content"]["id"].as_str().unwrap().to_owned(),
+            )
+        });
+    }
+    let acknowledged: Vec<_> = tasks.join_all().await;
+    first.child.kill().unwrap(); // SIGKILL: no shutdown code runs
+    first.child.wait().unwrap();
+
+    let second = start(dir.path(), &[]);
+    for (_, _, id) in &acknowledged {
+        let mut state = String::new();
+        for _ in 0..500 {
+            let d = call(
+                &client,
+                reqwest::Method::GET,
+                format!("{}/deliveries/{id}", second.base),
+                json!({}),
+            )
+            .await;
+            state = d["content"]["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if state == "sent" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(state, "sent", "delivery {id}");
+    }
+    let printed: Vec<String> = second.stdout.try_iter().collect();
+    for (phone, code, _) in &acknowledged {
+        let line = format!("otpd console: sms to {phone}: Your code is {code}");
+        assert_eq!(
+            printed.iter().filter(|l| **l == line).count(),
+            1,
+            "{line} in {printed:?}"
+        );
+        let check = call(
+            &client,
+            reqwest::Method::GET,
+            format!("{}/sms/check", second.base),
+            json!({"phone": phone, "password": code}),
+        )
+        .await;
+        assert_eq!(check, json!({"status": true}), "{phone}");
+    }
+    let mut second = second;
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut otpd = start(dir.path(), &[]);
+    let client = reqwest::Client::new();
+    let answer = call(
+        &client,
+        reqwest::Method::POST,
+        format!("{}/sms", otpd.base),
+        json!({"phone": "77011234567"}),
+    )
+    .await;
+    assert_eq!(answer["status"], true);
+    let killed = Command::new("kill")
+        .args(["-TERM", &otpd.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = otpd.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // The data directory was created where the default store points.
+    assert!(dir.path().join("data/otpd.db").exists());
+}
+
+fn run_to_exit(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_otpd"))
+        .current_dir(dir.path())
+        .env_clear()
+        .env("OTP_LISTEN", "127.0.0.1:0")
+        .envs(env.iter().copied())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut out, mut err) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (child.wait().unwrap().code().unwrap_or(-1), out, err)
+}
+
+#[test]
+fn bad_settings_stop_the_process_with_one_line_naming_the_variable() {
+    for (env, variable) in [
+        (vec![("OTP_MAX_ATTEMPTS", "many")], "OTP_MAX_ATTEMPTS"),
+        (vec![("OTP_CODE_LENGTH", "2")], "OTP_CODE_LENGTH"),
+        (vec![("OTP_LISTEN", "nowhere")], "OTP_LISTEN"),
+        (vec![("OTP_STORE", "postgres://db")], "OTP_STORE"),
+        (
+            vec![("OTP_SMS_PROVIDERS", "console,pigeon")],
+            "OTP_SMS_PROVIDERS",
+        ),
+        (vec![("OTP_SECRET", "too-short")], "OTP_SECRET"),
+        (vec![("HTTP_AUTH_USERNAME", "admin")], "HTTP_AUTH_PASSWORD"),
+        (vec![("HTTP_AUTH_PASSWORD", "pass")], "HTTP_AUTH_USERNAME"),
+        (
+            vec![("OTP_DEFAULT_LIFETIME", "600"), ("OTP_MAX_LIFETIME", "300")],
+            "OTP_DEFAULT_LIFETIME",
+        ),
+    ] {
+        let (code, _, err) = run_to_exit(&env, &[]);
+        assert_eq!(code, 2, "{env:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{env:?}: {err}");
+        assert!(
+            err.starts_with("otpd: ") && err.contains(variable),
+            "{env:?}: {err}"
+        );
+        assert!(
+            !err.contains("too-short") && !err.contains("pass\n"),
+            "secret echoed: {err}"
+        );
+    }
+}
+
+#[test]
+fn help_lists_every_setting_with_its_default() {
+    let (code, out, _) = run_to_exit(&[], &["--help"]);
+    assert_eq!(code, 0);
+    for variable in [
+        "OTP_LISTEN",
+        "OTP_STORE",
+        "OTP_SECRET",
+        "OTP_SECRET_FILE",
+        "OTP_CODE_LENGTH",
+        "OTP_DEFAULT_LIFETIME",
+        "OTP_MAX_LIFETIME",
+        "OTP_MAX_ACTIVE_CODES",
+        "OTP_MAX_ATTEMPTS",
+        "OTP_SMS_PROVIDERS",
+        "OTP_CALL_PROVIDERS",
+        "OTP_EMAIL_PROVIDERS",
+        "OTP_TELEGRAM_PROVIDERS",
+        "DUMMY",
+        "HTTP_AUTH_USERNAME",
+        "HTTP_AUTH_PASSWORD",
+        "OTP_DELIVERY_WORKERS",
+        "OTP_DELIVERY_LEASE",
+        "OTP_PURGE_INTERVAL",
+    ] {
+        assert!(
+            out.contains(&format!("[env: {variable}")),
+            "{variable} missing from --help"
+        );
+    }
+    assert!(out.contains("[default: 127.0.0.1:8080]"));
+    assert!(out.contains("[default: sqlite://./data/otpd.db]"));
+}
+
+#[tokio::test]
+async fn a_clean_restart_keeps_codes_attempts_and_deliveries() {
+    let t = TestApp::spawn().await;
+    assert!(
+        t.post("/sms", json!({"phone": "77011234567", "password": "12345"}))
+            .await
+            .ok()
+    );
+    assert_eq!(
+        t.get_with_body(
+            "/sms/check",
+            json!({"phone": "77011234567", "password": "0"})
+        )
+        .await
+        .code(),
+        "invalid_password"
+    );
+    let created = t
+        .post("/email", json!({"email": "a@example.com", "password": "1"}))
+        .await;
+    let id = created.body["content"]["id"].as_str().unwrap().to_owned();
+    t.finished_delivery(&id).await;
+    let t = t.restart().await;
+    assert_eq!(
+        t.get(&format!("/deliveries/{id}")).await.body["content"]["state"],
+        "sent"
+    );
+    // Four more wrong guesses reach the limit of five: the one before the restart counted.
+    for _ in 0..4 {
+        assert_eq!(
+            t.get_with_body(
+                "/sms/check",
+                json!({"phone": "77011234567", "password": "0"})
+            )
+            .await
+            .code(),
+            "invalid_password"
+        );
+    }
+    assert_eq!(
+        t.get_with_body(
+            "/sms/check",
+            json!({"phone": "77011234567", "password": "12345"})
+        )
+        .await
+        .code(),
+        "attempts_exceeded"
+    );
+}
+
+#[tokio::test]
+async fn a_second_process_cannot_open_the_same_store() {
+    let t = TestApp::spawn().await;
+    let (code, _, err) = run_to_exit(
+        &[
+            ("OTP_STORE", &format!("sqlite://{}", t.db_path().display())),
+            ("OTP_SECRET", SECRET),
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("OTP_STORE") && err.contains("in use"), "{err}");
+}
+
+#[tokio::test]
+async fn dummy_forces_the_console_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let otpd = start(dir.path(), &[("DUMMY", "true")]);
+    let client = reqwest::Client::new();
+    let answer = call(
+        &client,
+        reqwest::Method::POST,
+        format!("{}/telegram", otpd.base),
+        json!({"chat_id": "5", "password": "77"}),
+    )
+    .await;
+    assert_eq!(answer["status"], true);
+    let line = otpd.stdout.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(line, "otpd console: telegram to 5: Your code is 77");
+    let mut otpd = otpd;
+    otpd.child.kill().unwrap();
+    otpd.child.wait().unwrap();
+}

@@ -1,0 +1,9 @@
+//! One integration binary: each test starts a real otpd on a loopback port and talks HTTP.
+
+mod auth;
+mod bad_input;
+mod contract;
+mod durability;
+mod limits;
+mod semantics;
+mod support;

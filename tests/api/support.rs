@@ -1,0 +1,219 @@
+//! A real otpd on a free loopback port, with an injected clock and the console
+//! provider's output captured, and a small HTTP client for it.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::Parser;
+use otpd::clock::{Clock, ManualClock, SystemClock};
+use otpd::config::Cli;
+use otpd::delivery::ConsoleOut;
+use otpd::{App, Deps};
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    pub fn lines(&self) -> Vec<String> {
+        String::from_utf8(self.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    /// `status_code` of the envelope, or "" when there is none.
+    pub fn code(&self) -> &str {
+        self.body["status_code"].as_str().unwrap_or("")
+    }
+
+    pub fn ok(&self) -> bool {
+        self.status == StatusCode::OK && self.body["status"] == Value::Bool(true)
+    }
+}
+
+pub struct TestApp {
+    app: Option<App>,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub console: Captured,
+    pub dir: Arc<tempfile::TempDir>,
+    args: Vec<String>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(&[]).await
+    }
+
+    pub async fn spawn_with(args: &[&str]) -> TestApp {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let clock = ManualClock::starting_at(SystemClock.now());
+        let args = args.iter().map(|s| s.to_string()).collect();
+        TestApp::start(dir, clock, Captured::default(), args).await
+    }
+
+    async fn start(
+        dir: Arc<tempfile::TempDir>,
+        clock: Arc<ManualClock>,
+        console: Captured,
+        args: Vec<String>,
+    ) -> TestApp {
+        let db = dir.path().join("otpd.db");
+        let mut argv = vec![
+            "otpd".to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--store".into(),
+            format!("sqlite://{}", db.display()),
+        ];
+        argv.extend(args.iter().cloned());
+        let config = Cli::try_parse_from(argv).unwrap().config;
+        let deps = Deps {
+            clock: clock.clone(),
+            console: ConsoleOut::to(console.clone()),
+        };
+        let app = App::start(config, deps).await.unwrap();
+        TestApp {
+            base: format!("http://{}", app.local_addr()),
+            app: Some(app),
+            client: reqwest::Client::new(),
+            clock,
+            console,
+            dir,
+            args,
+        }
+    }
+
+    /// Stops the server cleanly and starts a new one on the same data directory.
+    pub async fn restart(mut self) -> TestApp {
+        self.app.take().unwrap().shutdown().await;
+        TestApp::start(
+            self.dir.clone(),
+            self.clock.clone(),
+            self.console.clone(),
+            self.args.clone(),
+        )
+        .await
+    }
+
+    pub fn app(&self) -> &App {
+        self.app.as_ref().unwrap()
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("otpd.db")
+    }
+
+    pub fn advance(&self, secs: u64) {
+        self.clock.advance(Duration::from_secs(secs));
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(&str, String)>,
+    ) -> Answer {
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path_and_query));
+        if let Some((content_type, body)) = body {
+            req = req.header("content-type", content_type).body(body);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn post(&self, path: &str, json: Value) -> Answer {
+        self.send(
+            Method::POST,
+            path,
+            Some(("application/json", json.to_string())),
+        )
+        .await
+    }
+
+    /// GET with a JSON body, exactly as the brief's examples are written.
+    pub async fn get_with_body(&self, path: &str, json: Value) -> Answer {
+        self.send(
+            Method::GET,
+            path,
+            Some(("application/json", json.to_string())),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(Method::GET, path, None).await
+    }
+
+    /// Waits until the worker has finished the delivery, and returns its status.
+    pub async fn finished_delivery(&self, id: &str) -> Value {
+        for _ in 0..500 {
+            let a = self.get(&format!("/deliveries/{id}")).await;
+            assert!(a.ok(), "{:?}", a.body);
+            let state = a.body["content"]["state"].as_str().unwrap().to_owned();
+            if !matches!(state.as_str(), "queued" | "sending") {
+                return a.body["content"].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("delivery {id} did not finish");
+    }
+
+    /// Creates a code and returns the code that was sent (read from the console
+    /// provider's output), for requests that let otpd generate it.
+    pub async fn create_and_read_code(&self, channel: &str, body: Value) -> String {
+        let a = self.post(&format!("/{channel}"), body).await;
+        assert!(a.ok(), "{:?}", a.body);
+        let id = a.body["content"]["id"].as_str().unwrap();
+        let d = self.finished_delivery(id).await;
+        assert_eq!(d["state"], "sent");
+        let line = self.console.lines().pop().unwrap();
+        last_code_in(&line)
+    }
+}
+
+/// The last run of digits in a console line: the code in the default templates.
+pub fn last_code_in(line: &str) -> String {
+    let digits: String = line
+        .chars()
+        .rev()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.chars().rev().collect()
+}
