@@ -50,14 +50,14 @@ pub struct Config {
     )]
     pub store: StoreUrl,
 
-    /// Key for hashing codes, at least 32 bytes. Unset with SQLite: generated on first start and kept beside the database (mode 0600).
+    /// Key for hashing codes, at least 32 bytes. Unset with SQLite: generated on first start and kept beside the database (mode 0600). Prefer the variable: flags show in `ps`.
     #[arg(
         long,
         env = "OTP_SECRET",
         value_name = "OTP_SECRET",
         hide_env_values = true
     )]
-    pub secret: Option<String>,
+    pub secret: Option<Redacted>,
 
     /// File holding OTP_SECRET (instead of the variable).
     #[arg(long, env = "OTP_SECRET_FILE", value_name = "OTP_SECRET_FILE")]
@@ -119,22 +119,29 @@ pub struct Config {
     )]
     pub telegram_providers: ProviderList,
 
-    /// Send every message to the console provider, whatever the provider lists say.
-    #[arg(long, env = "DUMMY", value_name = "DUMMY")]
+    /// Send every message to the console provider, whatever the provider lists say (true/false, 1/0, yes/no).
+    #[arg(
+        long,
+        env = "DUMMY",
+        value_name = "DUMMY",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub dummy: bool,
 
     /// Basic auth user name; set together with HTTP_AUTH_PASSWORD to require it.
     #[arg(long, env = "HTTP_AUTH_USERNAME", value_name = "HTTP_AUTH_USERNAME")]
     pub http_auth_username: Option<String>,
 
-    /// Basic auth password; set together with HTTP_AUTH_USERNAME.
+    /// Basic auth password; set together with HTTP_AUTH_USERNAME. Prefer the variable: flags show in `ps`.
     #[arg(
         long,
         env = "HTTP_AUTH_PASSWORD",
         value_name = "HTTP_AUTH_PASSWORD",
         hide_env_values = true
     )]
-    pub http_auth_password: Option<String>,
+    pub http_auth_password: Option<Redacted>,
 
     /// Delivery jobs sent at once by this process; 0 turns delivery off here.
     #[arg(long, env = "OTP_DELIVERY_WORKERS", value_name = "OTP_DELIVERY_WORKERS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(0..=1024))]
@@ -175,7 +182,7 @@ impl Config {
             ));
         }
         if let Some(secret) = &self.secret {
-            if secret.len() < MIN_SECRET_BYTES {
+            if secret.0.len() < MIN_SECRET_BYTES {
                 return Err(ConfigError::new(
                     "OTP_SECRET",
                     format!("must be at least {MIN_SECRET_BYTES} bytes"),
@@ -188,14 +195,14 @@ impl Config {
                 ));
             }
         }
-        match (&self.http_auth_username, &self.http_auth_password) {
-            (Some(_), None) => {
+        match (self.http_auth_username.as_deref(), self.auth_password()) {
+            (Some(u), None) if !u.is_empty() => {
                 return Err(ConfigError::new(
                     "HTTP_AUTH_PASSWORD",
                     "must be set when HTTP_AUTH_USERNAME is",
                 ));
             }
-            (None, Some(_)) => {
+            (None | Some(""), Some(_)) => {
                 return Err(ConfigError::new(
                     "HTTP_AUTH_USERNAME",
                     "must be set when HTTP_AUTH_PASSWORD is",
@@ -216,10 +223,20 @@ impl Config {
         &list.0
     }
 
+    /// The Basic auth credentials, when both are set; an empty value counts as unset,
+    /// since empty credentials would lock every client out (or let anyone in).
     pub fn basic_auth(&self) -> Option<(&str, &str)> {
         self.http_auth_username
             .as_deref()
-            .zip(self.http_auth_password.as_deref())
+            .filter(|u| !u.is_empty())
+            .zip(self.auth_password())
+    }
+
+    fn auth_password(&self) -> Option<&str> {
+        self.http_auth_password
+            .as_ref()
+            .map(|p| p.0.as_str())
+            .filter(|p| !p.is_empty())
     }
 
     pub fn delivery_lease(&self) -> Duration {
@@ -228,6 +245,23 @@ impl Config {
 
     pub fn purge_interval(&self) -> Duration {
         Duration::from_secs(self.purge_interval)
+    }
+}
+
+/// A setting that is a secret: `Debug` never shows it.
+#[derive(Clone)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl FromStr for Redacted {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Redacted(s.to_owned()))
     }
 }
 
@@ -312,6 +346,42 @@ mod tests {
         );
         let err = parse(&["--store", "redis://x"]).unwrap_err().to_string();
         assert!(err.contains("OTP_STORE"), "{err}");
+    }
+
+    #[test]
+    fn empty_auth_values_count_as_unset_and_secrets_are_not_debug_printed() {
+        let c = parse(&["--http-auth-username", "", "--http-auth-password", ""]).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.basic_auth(), None);
+        let err = parse(&["--http-auth-username", "admin", "--http-auth-password", ""])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.variable, "HTTP_AUTH_PASSWORD");
+        let c = parse(&[
+            "--secret",
+            "0123456789abcdef0123456789abcdef-x",
+            "--http-auth-username",
+            "a",
+            "--http-auth-password",
+            "hunter2-pass",
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("0123456789abcdef") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn dummy_takes_the_usual_spellings_of_true() {
+        for v in ["true", "1", "yes", "on"] {
+            assert!(parse(&["--dummy", v]).unwrap().dummy, "{v}");
+        }
+        assert!(!parse(&[]).unwrap().dummy);
+        let err = parse(&["--dummy", "maybe"]).unwrap_err().to_string();
+        assert!(err.contains("DUMMY"), "{err}");
     }
 
     #[test]

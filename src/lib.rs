@@ -26,6 +26,8 @@ use crate::domain::secret::Secret;
 use crate::domain::service::{CodeSettings, OtpService};
 use crate::store::{SharedStore, SqliteStore, StoreError};
 
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
 /// What the process takes from its surroundings; tests replace these.
 #[derive(Clone)]
 pub struct Deps {
@@ -74,7 +76,7 @@ impl App {
         // Opened first: it creates the data directory the generated secret is kept in.
         let store: SharedStore = Arc::new(SqliteStore::open(path)?);
         let secret = match (&config.secret, &config.secret_file) {
-            (Some(s), _) => Secret::new(s.as_bytes())?,
+            (Some(s), _) => Secret::new(s.0.as_bytes())?,
             (None, Some(file)) => read_secret_file(file)?,
             (None, None) => Secret::load_or_create(&path.with_file_name("otpd.secret"))?,
         };
@@ -169,10 +171,17 @@ impl App {
         self.store.purge_expired(self.clock.now()).await
     }
 
-    /// Stops accepting, lets in-flight requests and deliveries finish, then closes the store.
-    pub async fn shutdown(self) {
+    /// Stops accepting, lets in-flight requests and deliveries finish (for at most
+    /// `SHUTDOWN_GRACE`, so a stalled client cannot hold the process), then closes the store.
+    pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        let _ = self.server.await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the grace period; closing them");
+            self.server.abort();
+        }
         for task in self.background {
             let _ = task.await;
         }

@@ -13,6 +13,7 @@ const MAX_MINUTES: u32 = 366 * 24 * 60;
 const MAX_RATE: u32 = 1_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawRule")]
 pub struct Rule {
     pub minutes: u32,
     pub rate: u32,
@@ -33,6 +34,20 @@ impl Rule {
 
     pub fn window(self) -> Duration {
         Duration::from_secs(u64::from(self.minutes) * 60)
+    }
+}
+
+/// A rule as read back from storage, checked again on the way in.
+#[derive(Deserialize)]
+struct RawRule {
+    minutes: i64,
+    rate: i64,
+}
+
+impl TryFrom<RawRule> for Rule {
+    type Error = String;
+    fn try_from(raw: RawRule) -> Result<Self, String> {
+        Rule::new(raw.minutes, raw.rate)
     }
 }
 

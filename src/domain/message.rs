@@ -36,13 +36,25 @@ impl std::fmt::Debug for MessageContent {
     }
 }
 
-/// The caller's templates, as given (all optional).
-#[derive(Debug, Clone, Default)]
+/// The caller's templates, as given (all optional). They may hold a caller-supplied
+/// code, so `Debug` shows only which are present.
+#[derive(Clone, Default)]
 pub struct Templates {
     pub message: Option<String>,
     pub subject: Option<String>,
     pub text: Option<String>,
     pub html: Option<String>,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Templates")
+            .field("message", &self.message.is_some())
+            .field("subject", &self.subject.is_some())
+            .field("text", &self.text.is_some())
+            .field("html", &self.html.is_some())
+            .finish()
+    }
 }
 
 impl Templates {

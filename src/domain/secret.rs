@@ -51,13 +51,7 @@ impl Secret {
                 let mut key = [0u8; 32];
                 rand::rngs::OsRng.fill_bytes(&mut key);
                 let text = hex::encode(key);
-                let mut options = fs::OpenOptions::new();
-                options.write(true).create_new(true);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                let mut file = options.open(path).map_err(file_err)?;
-                file.write_all(text.as_bytes()).map_err(file_err)?;
-                file.sync_all().map_err(file_err)?;
+                write_atomically(path, text.as_bytes()).map_err(file_err)?;
                 Secret::new(text)
             }
             Err(e) => Err(file_err(e)),
@@ -83,6 +77,24 @@ impl Secret {
         }
         mac.finalize().into_bytes().into()
     }
+}
+
+/// Losing or truncating the key would make every live code uncheckable, so it is
+/// written to a temporary file, synced, renamed into place and the directory synced.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 impl fmt::Debug for Secret {

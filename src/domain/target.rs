@@ -21,8 +21,8 @@ impl Phone {
         for (i, c) in raw.chars().enumerate() {
             match c {
                 '0'..='9' => digits.push(c),
-                '+' if i == 0 => {}
-                ' ' | '-' | '(' | ')' | '.' => {}
+                '+' | '(' if i == 0 => {}
+                ' ' | '-' | '(' | ')' | '.' if i > 0 => {}
                 _ => return Err(invalid()),
             }
         }
@@ -145,6 +145,8 @@ mod tests {
             "7701abc4567",
             "٧٧٠١١٢٣٤٥٦٧",
             "77+011234567",
+            "-77011234567",
+            ")77011234567",
             "1; DROP TABLE codes",
             long.as_str(),
         ] {

@@ -60,7 +60,22 @@ pub fn router(state: AppState, auth: Option<BasicAuth>) -> Router {
             auth::require,
         ));
     }
-    router.layer(middleware::from_fn(access_log))
+    router
+        .layer(middleware::from_fn(refuse_large_bodies))
+        .layer(middleware::from_fn(access_log))
+}
+
+/// 413 on every route, including those that never read their body.
+async fn refuse_large_bodies(req: Request, next: Next) -> Result<Response, ApiError> {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > params::MAX_BODY_BYTES as u64 => Err(ApiError::PayloadTooLarge),
+        _ => Ok(next.run(req).await),
+    }
 }
 
 /// One line per request. The query string is left out: it may hold a password.

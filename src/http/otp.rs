@@ -22,13 +22,16 @@ struct CreatedContent {
 }
 
 fn target(params: &Params, channel: Channel) -> Result<Target, ApiError> {
-    let raw = params.required_text(channel.target_field())?;
+    let field = channel.target_field();
+    let raw = params
+        .text_or_number(field)?
+        .ok_or(ApiError::MissingParameter(field))?;
     Ok(Target::parse(channel, &raw)?)
 }
 
 fn password(params: &Params) -> Result<Option<Password>, ApiError> {
     Ok(params
-        .text("password")?
+        .text_or_number("password")?
         .map(|p| Password::parse(&p))
         .transpose()?)
 }

@@ -18,9 +18,17 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct Params(HashMap<String, Value>);
 
 impl Params {
-    /// A string field, trimmed; absent, `null` and empty all read as `None`. Whole
-    /// numbers are taken as their decimal text (chat ids and phones often come as numbers).
+    /// A string field, trimmed; absent, `null` and empty all read as `None`.
     pub fn text(&self, name: &'static str) -> Result<Option<String>, ApiError> {
+        match self.0.get(name) {
+            Some(Value::Number(_)) => Err(ApiError::invalid(name, "must be a string")),
+            _ => self.text_or_number(name),
+        }
+    }
+
+    /// Like `text`, but a whole number is taken as its decimal text: phones, chat ids and
+    /// codes are often sent as JSON numbers.
+    pub fn text_or_number(&self, name: &'static str) -> Result<Option<String>, ApiError> {
         match self.0.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => {
@@ -30,10 +38,6 @@ impl Params {
             Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(Some(n.to_string())),
             Some(_) => Err(ApiError::invalid(name, "must be a string")),
         }
-    }
-
-    pub fn required_text(&self, name: &'static str) -> Result<String, ApiError> {
-        self.text(name)?.ok_or(ApiError::MissingParameter(name))
     }
 
     /// A whole number, given as a JSON number or as numeric text.

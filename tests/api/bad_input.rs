@@ -196,7 +196,7 @@ async fn every_bad_input_is_a_400_naming_the_field_and_stores_nothing() {
             raw(
                 "/sms",
                 json_ct,
-                "{\"phone\": \"77011234567\", \"message\": 5}",
+                "{\"phone\": \"77011234567\", \"password\": \"1\", \"message\": 5}",
             ),
             "invalid_parameter",
             "\"message\"",
@@ -253,7 +253,23 @@ async fn every_bad_input_is_a_400_naming_the_field_and_stores_nothing() {
             "\"password\"",
         ),
     ];
-    for ((path, ct, body), code, mention) in cases {
+    let more: Vec<((&str, &str, String), &str, &str)> = vec![
+        (
+            raw("/sms", json_ct, "{\"phone\": -77011234567}"),
+            "invalid_parameter",
+            "\"phone\"",
+        ),
+        (
+            raw(
+                "/email",
+                json_ct,
+                "{\"email\": \"a@example.com\", \"password\": \"1\", \"subject\": 7}",
+            ),
+            "invalid_parameter",
+            "\"subject\"",
+        ),
+    ];
+    for ((path, ct, body), code, mention) in cases.into_iter().chain(more) {
         let a = t.send(Method::POST, path, Some((ct, body.clone()))).await;
         let shown: String = body.chars().take(80).collect();
         assert_eq!(

@@ -267,6 +267,18 @@ async fn bodies_over_64_kib_are_refused_with_413() {
         (StatusCode::BAD_REQUEST, "invalid_parameter")
     );
     assert!(t.console.lines().is_empty());
+    // Routes that never read a body refuse an oversized one all the same.
+    let a = t
+        .send(
+            Method::GET,
+            "/limit/sms",
+            Some(("application/json", "x".repeat(100 * 1024))),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
 }
 
 #[tokio::test]
@@ -280,8 +292,14 @@ async fn health_ready_and_deliveries() {
         (unknown.status, unknown.code()),
         (StatusCode::NOT_FOUND, "not_found")
     );
-    let malformed = t.get("/deliveries/not-an-id").await;
-    assert_eq!(malformed.status, StatusCode::NOT_FOUND);
+    for bad in ["not-an-id", "%FF%FE", "0000000000000000000000000000000G"] {
+        let malformed = t.get(&format!("/deliveries/{bad}")).await;
+        assert_eq!(
+            (malformed.status, malformed.code()),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{bad}"
+        );
+    }
 
     let created = t.post("/email", json!({"email": "x@example.com"})).await;
     let id = created.body["content"]["id"].as_str().unwrap();

@@ -246,30 +246,14 @@ async fn a_generated_code_needs_a_placeholder_in_the_given_message() {
 #[tokio::test]
 async fn expired_codes_answer_invalid_password_and_are_purged() {
     let t = TestApp::spawn().await;
-    assert!(
-        t.post(
-            "/sms",
-            json!({"phone": "77011234567", "password": "12345", "lifetime": 60})
-        )
-        .await
-        .ok()
-    );
-    assert!(
-        t.post(
-            "/sms",
-            json!({"phone": "77011230000", "password": "12345", "lifetime": 60})
-        )
-        .await
-        .ok()
-    );
-    assert!(
-        t.post(
-            "/sms",
-            json!({"phone": "77011231111", "password": "12345", "lifetime": 600})
-        )
-        .await
-        .ok()
-    );
+    for (phone, lifetime) in [
+        ("77011234567", 60),
+        ("77011230000", 60),
+        ("77011231111", 600),
+    ] {
+        let body = json!({"phone": phone, "password": "12345", "lifetime": lifetime});
+        assert!(t.post("/sms", body).await.ok());
+    }
     t.advance(59);
     assert_eq!(check(&t, "77011230000", "12345").await, "ok");
     t.advance(2);
@@ -284,6 +268,30 @@ async fn expired_codes_answer_invalid_password_and_are_purged() {
     assert!(t.app().purge_expired().await.unwrap() >= 1);
     assert_eq!(count(), 1, "only the live code is left");
     assert_eq!(check(&t, "77011231111", "12345").await, "ok");
+}
+
+#[tokio::test]
+async fn the_background_purger_removes_expired_codes() {
+    let t = TestApp::spawn().await;
+    for phone in ["77011234567", "77011230000"] {
+        let body = json!({"phone": phone, "password": "12345", "lifetime": 30});
+        assert!(t.post("/sms", body).await.ok());
+    }
+    t.advance(31);
+    // The purger sweeps once as it starts, then every OTP_PURGE_INTERVAL.
+    let t = t.restart().await;
+    let db = rusqlite::Connection::open(t.db_path()).unwrap();
+    let mut left = -1;
+    for _ in 0..500 {
+        left = db
+            .query_row("SELECT count(*) FROM codes", [], |r| r.get::<_, i64>(0))
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(left, 0);
 }
 
 #[tokio::test]

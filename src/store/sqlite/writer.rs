@@ -152,7 +152,27 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Op>>) {
         return;
     }
     for op in batch.iter_mut() {
-        op.run(conn);
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.run(conn)));
+        // A panic leaves the savepoint open, and some errors (disk full, I/O) make
+        // SQLite roll the whole transaction back; either way, nothing after this point
+        // may run, or it would commit on its own outside the batch.
+        let abort = match ran {
+            Err(_) => Some(StoreError::Internal("a store operation panicked".into())),
+            Ok(()) if conn.is_autocommit() => Some(StoreError::Unavailable(
+                "the store rolled the transaction back".into(),
+            )),
+            Ok(()) => None,
+        };
+        if let Some(err) = abort {
+            tracing::error!(error = %err, "store transaction aborted");
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            for op in batch {
+                op.answer(Err(err.clone()));
+            }
+            return;
+        }
     }
     let commit = conn.execute_batch("COMMIT").map_err(map_err);
     if let Err(e) = &commit {
@@ -161,5 +181,67 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Op>>) {
     }
     for op in batch {
         op.answer(commit.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer() -> (tempfile::TempDir, Writer) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("w.db")).unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER)").unwrap();
+        (dir, Writer::start(conn).unwrap())
+    }
+
+    fn count(conn: &Connection) -> Result<i64, StoreError> {
+        conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .map_err(map_err)
+    }
+
+    #[tokio::test]
+    async fn a_failed_operation_is_rolled_back_alone() {
+        let (_dir, w) = writer();
+        let failing = w.call(|c| {
+            c.execute("INSERT INTO t VALUES (1)", []).map_err(map_err)?;
+            Err::<(), _>(StoreError::Internal("refused".into()))
+        });
+        let fine = w.call(|c| c.execute("INSERT INTO t VALUES (2)", []).map_err(map_err));
+        let (failing, fine) = tokio::join!(failing, fine);
+        assert!(failing.is_err());
+        assert_eq!(fine.unwrap(), 1);
+        assert_eq!(w.call(count).await.unwrap(), 1);
+        w.stop().await;
+    }
+
+    #[tokio::test]
+    async fn when_sqlite_drops_the_transaction_nothing_else_in_the_batch_runs() {
+        let (_dir, w) = writer();
+        // What a disk-full or I/O error does: the whole transaction is rolled back.
+        let dropped = w.call(|c| {
+            c.execute_batch("ROLLBACK").map_err(map_err)?;
+            Ok(())
+        });
+        let after = w.call(|c| c.execute("INSERT INTO t VALUES (1)", []).map_err(map_err));
+        let (dropped, after) = tokio::join!(dropped, after);
+        // Either both were in one batch and both fail, or `after` ran in its own.
+        assert!(dropped.is_err());
+        let stored = w.call(count).await.unwrap();
+        assert_eq!(
+            stored,
+            i64::from(after.is_ok()),
+            "an answered error must not be stored"
+        );
+        w.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_panicking_operation_fails_without_killing_the_writer() {
+        let (_dir, w) = writer();
+        let r: Result<(), StoreError> = w.call(|_| panic!("bug")).await;
+        assert!(matches!(r, Err(StoreError::Internal(_))));
+        assert_eq!(w.call(count).await.unwrap(), 0);
+        w.stop().await;
     }
 }
