@@ -99,22 +99,16 @@ async fn query_strings_and_form_bodies_work_on_get_and_post() {
     assert!(t.send(Method::POST, "/call/check", Some(form)).await.ok());
 
     // POST on check with JSON, GET on check with a query string: both methods, both forms.
-    assert!(
-        t.post(
-            "/email",
-            json!({"email": "a@example.com", "password": "33333"})
-        )
-        .await
-        .ok()
-    );
-    assert!(
-        t.post(
-            "/email/check",
-            json!({"email": "a@example.com", "password": "33333"})
-        )
-        .await
-        .ok()
-    );
+    t.post_ok(
+        "/email",
+        json!({"email": "a@example.com", "password": "33333"}),
+    )
+    .await;
+    t.post_ok(
+        "/email/check",
+        json!({"email": "a@example.com", "password": "33333"}),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -346,11 +340,8 @@ async fn a_locked_store_answers_503_and_service_resumes_when_released() {
         )
         .await;
     assert_eq!(check.code(), "invalid_password");
-    assert!(
-        t.post("/sms", json!({"phone": "77011234567", "password": "12345"}))
-            .await
-            .ok()
-    );
+    t.post_ok("/sms", json!({"phone": "77011234567", "password": "12345"}))
+        .await;
 }
 
 #[tokio::test]
@@ -374,12 +365,9 @@ async fn corrupt_state_is_a_500_that_reveals_nothing() {
         )
     );
     // Other channels are unaffected.
-    assert!(
-        t.post(
-            "/call",
-            json!({"phone": "77011234567", "password": "12345"})
-        )
-        .await
-        .ok()
-    );
+    t.post_ok(
+        "/call",
+        json!({"phone": "77011234567", "password": "12345"}),
+    )
+    .await;
 }

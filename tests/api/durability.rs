@@ -277,18 +277,11 @@ fn help_lists_every_setting_with_its_default() {
 #[tokio::test]
 async fn a_clean_restart_keeps_codes_attempts_and_deliveries() {
     let t = TestApp::spawn().await;
-    assert!(
-        t.post("/sms", json!({"phone": "77011234567", "password": "12345"}))
-            .await
-            .ok()
-    );
+    t.post_ok("/sms", json!({"phone": "77011234567", "password": "12345"}))
+        .await;
     assert_eq!(
-        t.get_with_body(
-            "/sms/check",
-            json!({"phone": "77011234567", "password": "0"})
-        )
-        .await
-        .code(),
+        t.check_outcome("sms", json!({"phone": "77011234567", "password": "0"}))
+            .await,
         "invalid_password"
     );
     let created = t
@@ -304,22 +297,14 @@ async fn a_clean_restart_keeps_codes_attempts_and_deliveries() {
     // Four more wrong guesses reach the limit of five: the one before the restart counted.
     for _ in 0..4 {
         assert_eq!(
-            t.get_with_body(
-                "/sms/check",
-                json!({"phone": "77011234567", "password": "0"})
-            )
-            .await
-            .code(),
+            t.check_outcome("sms", json!({"phone": "77011234567", "password": "0"}))
+                .await,
             "invalid_password"
         );
     }
     assert_eq!(
-        t.get_with_body(
-            "/sms/check",
-            json!({"phone": "77011234567", "password": "12345"})
-        )
-        .await
-        .code(),
+        t.check_outcome("sms", json!({"phone": "77011234567", "password": "12345"}))
+            .await,
         "attempts_exceeded"
     );
 }

@@ -82,15 +82,12 @@ async fn each_channel_answers_with_its_own_limit_code() {
             "telegram" => "chat_ids",
             _ => "phones",
         };
-        assert!(
-            t.post(
-                &format!("/limit/{channel}"),
-                json!({key: [{"minutes": 1, "rate": 1}]})
-            )
-            .await
-            .ok()
-        );
-        assert!(t.post(&format!("/{channel}"), body.clone()).await.ok());
+        t.post_ok(
+            &format!("/limit/{channel}"),
+            json!({key: [{"minutes": 1, "rate": 1}]}),
+        )
+        .await;
+        t.post_ok(&format!("/{channel}"), body.clone()).await;
         let refused = t.post(&format!("/{channel}"), body).await;
         assert_eq!(
             (refused.status, refused.code()),
@@ -163,11 +160,8 @@ async fn rules_are_replaced_cleared_and_validated() {
     let a = t.post("/limit/email", json!({"emails": []})).await;
     assert_eq!(a.body["content"]["emails"], json!([]));
     for _ in 0..8 {
-        assert!(
-            t.post("/email", json!({"email": "a@example.com", "password": "1"}))
-                .await
-                .ok()
-        );
+        t.post_ok("/email", json!({"email": "a@example.com", "password": "1"}))
+            .await;
     }
 
     for (body, field) in [
@@ -208,22 +202,16 @@ async fn rules_are_replaced_cleared_and_validated() {
 #[tokio::test]
 async fn rules_survive_a_restart() {
     let t = TestApp::spawn().await;
-    assert!(
-        t.post(
-            "/limit/telegram",
-            json!({"ips": [{"minutes": 5, "rate": 1}], "chat_ids": [{"minutes": 30, "rate": 2}]})
-        )
-        .await
-        .ok()
-    );
-    assert!(
-        t.post(
-            "/telegram",
-            json!({"chat_id": "7", "password": "1", "ip": "192.0.2.1"})
-        )
-        .await
-        .ok()
-    );
+    t.post_ok(
+        "/limit/telegram",
+        json!({"ips": [{"minutes": 5, "rate": 1}], "chat_ids": [{"minutes": 30, "rate": 2}]}),
+    )
+    .await;
+    t.post_ok(
+        "/telegram",
+        json!({"chat_id": "7", "password": "1", "ip": "192.0.2.1"}),
+    )
+    .await;
     let t = t.restart().await;
     assert_eq!(
         t.get("/limit/telegram").await.body["content"],

@@ -6,25 +6,15 @@ use serde_json::json;
 use crate::support::TestApp;
 
 async fn check(t: &TestApp, phone: &str, password: &str) -> String {
-    let a = t
-        .get_with_body("/sms/check", json!({"phone": phone, "password": password}))
-        .await;
-    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
-    if a.ok() {
-        "ok".into()
-    } else {
-        a.code().to_owned()
-    }
+    t.check_outcome("sms", json!({"phone": phone, "password": password}))
+        .await
 }
 
 #[tokio::test]
 async fn a_code_is_single_use() {
     let t = TestApp::spawn().await;
-    assert!(
-        t.post("/sms", json!({"phone": "77011234567", "password": "12345"}))
-            .await
-            .ok()
-    );
+    t.post_ok("/sms", json!({"phone": "77011234567", "password": "12345"}))
+        .await;
     assert_eq!(check(&t, "77011234567", "12345").await, "ok");
     assert_eq!(check(&t, "77011234567", "12345").await, "invalid_password");
 }
@@ -33,11 +23,8 @@ async fn a_code_is_single_use() {
 async fn older_live_codes_still_work_up_to_max_active_and_success_spends_them_all() {
     let t = TestApp::spawn().await;
     for code in ["1111", "2222", "3333", "4444"] {
-        assert!(
-            t.post("/sms", json!({"phone": "77011234567", "password": code}))
-                .await
-                .ok()
-        );
+        t.post_ok("/sms", json!({"phone": "77011234567", "password": code}))
+            .await;
     }
     // OTP_MAX_ACTIVE_CODES = 3: the first was dropped, the second still works...
     assert_eq!(check(&t, "77011234567", "1111").await, "invalid_password");
@@ -50,11 +37,8 @@ async fn older_live_codes_still_work_up_to_max_active_and_success_spends_them_al
 async fn max_active_codes_is_a_setting() {
     let t = TestApp::spawn_with(&["--max-active-codes", "1"]).await;
     for code in ["1111", "2222"] {
-        assert!(
-            t.post("/sms", json!({"phone": "77011234567", "password": code}))
-                .await
-                .ok()
-        );
+        t.post_ok("/sms", json!({"phone": "77011234567", "password": code}))
+            .await;
     }
     assert_eq!(check(&t, "77011234567", "1111").await, "invalid_password");
     assert_eq!(check(&t, "77011234567", "2222").await, "ok");
@@ -63,11 +47,8 @@ async fn max_active_codes_is_a_setting() {
 #[tokio::test]
 async fn wrong_guesses_burn_the_codes_until_a_new_send() {
     let t = TestApp::spawn().await;
-    assert!(
-        t.post("/sms", json!({"phone": "77011234567", "password": "12345"}))
-            .await
-            .ok()
-    );
+    t.post_ok("/sms", json!({"phone": "77011234567", "password": "12345"}))
+        .await;
     for _ in 0..5 {
         assert_eq!(check(&t, "77011234567", "00000").await, "invalid_password");
     }
@@ -75,18 +56,12 @@ async fn wrong_guesses_burn_the_codes_until_a_new_send() {
     assert_eq!(check(&t, "77011234567", "12345").await, "attempts_exceeded");
     assert_eq!(check(&t, "77011234567", "00000").await, "attempts_exceeded");
     // Another target is not affected.
-    assert!(
-        t.post("/sms", json!({"phone": "77011230000", "password": "12345"}))
-            .await
-            .ok()
-    );
+    t.post_ok("/sms", json!({"phone": "77011230000", "password": "12345"}))
+        .await;
     assert_eq!(check(&t, "77011230000", "12345").await, "ok");
     // A new send starts over.
-    assert!(
-        t.post("/sms", json!({"phone": "77011234567", "password": "54321"}))
-            .await
-            .ok()
-    );
+    t.post_ok("/sms", json!({"phone": "77011234567", "password": "54321"}))
+        .await;
     assert_eq!(check(&t, "77011234567", "00000").await, "invalid_password");
     assert_eq!(check(&t, "77011234567", "54321").await, "ok");
 }
@@ -94,11 +69,8 @@ async fn wrong_guesses_burn_the_codes_until_a_new_send() {
 #[tokio::test]
 async fn max_attempts_is_a_setting() {
     let t = TestApp::spawn_with(&["--max-attempts", "2"]).await;
-    assert!(
-        t.post("/sms", json!({"phone": "77011234567", "password": "12345"}))
-            .await
-            .ok()
-    );
+    t.post_ok("/sms", json!({"phone": "77011234567", "password": "12345"}))
+        .await;
     assert_eq!(check(&t, "77011234567", "1").await, "invalid_password");
     assert_eq!(check(&t, "77011234567", "2").await, "invalid_password");
     assert_eq!(check(&t, "77011234567", "12345").await, "attempts_exceeded");
@@ -107,24 +79,18 @@ async fn max_attempts_is_a_setting() {
 #[tokio::test]
 async fn every_spelling_of_a_target_is_one_target() {
     let t = TestApp::spawn().await;
-    assert!(
-        t.post(
-            "/sms",
-            json!({"phone": "+7 (701) 123-45-67", "password": "12345"})
-        )
-        .await
-        .ok()
-    );
+    t.post_ok(
+        "/sms",
+        json!({"phone": "+7 (701) 123-45-67", "password": "12345"}),
+    )
+    .await;
     assert_eq!(check(&t, "77011234567", "12345").await, "ok");
 
-    assert!(
-        t.post(
-            "/email",
-            json!({"email": " Foo@EXAMPLE.com ", "password": "777"})
-        )
-        .await
-        .ok()
-    );
+    t.post_ok(
+        "/email",
+        json!({"email": " Foo@EXAMPLE.com ", "password": "777"}),
+    )
+    .await;
     let a = t
         .get_with_body(
             "/email/check",
@@ -133,14 +99,11 @@ async fn every_spelling_of_a_target_is_one_target() {
         .await;
     assert!(a.ok());
 
-    assert!(
-        t.post(
-            "/telegram",
-            json!({"chat_id": "-1001234567890", "password": "5"})
-        )
-        .await
-        .ok()
-    );
+    t.post_ok(
+        "/telegram",
+        json!({"chat_id": "-1001234567890", "password": "5"}),
+    )
+    .await;
     let a = t
         .get_with_body(
             "/telegram/check",
@@ -153,11 +116,8 @@ async fn every_spelling_of_a_target_is_one_target() {
 #[tokio::test]
 async fn channels_keep_their_codes_apart() {
     let t = TestApp::spawn().await;
-    assert!(
-        t.post("/sms", json!({"phone": "77011234567", "password": "12345"}))
-            .await
-            .ok()
-    );
+    t.post_ok("/sms", json!({"phone": "77011234567", "password": "12345"}))
+        .await;
     let a = t
         .get_with_body(
             "/call/check",
@@ -233,14 +193,11 @@ async fn a_generated_code_needs_a_placeholder_in_the_given_message() {
         .await;
     assert!(a.body["message"].as_str().unwrap().starts_with("\"text\""));
     // With a supplied password the message is the caller's business.
-    assert!(
-        t.post(
-            "/sms",
-            json!({"phone": "77011234567", "message": "Hello", "password": "1"})
-        )
-        .await
-        .ok()
-    );
+    t.post_ok(
+        "/sms",
+        json!({"phone": "77011234567", "message": "Hello", "password": "1"}),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -252,7 +209,7 @@ async fn expired_codes_answer_invalid_password_and_are_purged() {
         ("77011231111", 600),
     ] {
         let body = json!({"phone": phone, "password": "12345", "lifetime": lifetime});
-        assert!(t.post("/sms", body).await.ok());
+        t.post_ok("/sms", body).await;
     }
     t.advance(59);
     assert_eq!(check(&t, "77011230000", "12345").await, "ok");
@@ -275,7 +232,7 @@ async fn the_background_purger_removes_expired_codes() {
     let t = TestApp::spawn().await;
     for phone in ["77011234567", "77011230000"] {
         let body = json!({"phone": phone, "password": "12345", "lifetime": 30});
-        assert!(t.post("/sms", body).await.ok());
+        t.post_ok("/sms", body).await;
     }
     t.advance(31);
     // The purger sweeps once as it starts, then every OTP_PURGE_INTERVAL.

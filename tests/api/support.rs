@@ -166,6 +166,24 @@ impl TestApp {
         .await
     }
 
+    /// A POST that must succeed; returns the answer's `content`.
+    pub async fn post_ok(&self, path: &str, json: Value) -> Value {
+        let a = self.post(path, json).await;
+        assert!(a.ok(), "POST {path}: {} {:?}", a.status, a.body);
+        a.body["content"].clone()
+    }
+
+    /// `GET /{channel}/check`: "ok", or the `status_code` of the refusal.
+    pub async fn check_outcome(&self, channel: &str, json: Value) -> String {
+        let a = self.get_with_body(&format!("/{channel}/check"), json).await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        if a.ok() {
+            "ok".into()
+        } else {
+            a.code().to_owned()
+        }
+    }
+
     /// GET with a JSON body, exactly as the brief's examples are written.
     pub async fn get_with_body(&self, path: &str, json: Value) -> Answer {
         self.send(
