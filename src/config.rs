@@ -195,14 +195,14 @@ impl Config {
                 ));
             }
         }
-        match (self.http_auth_username.as_deref(), self.auth_password()) {
-            (Some(u), None) if !u.is_empty() => {
+        match (self.auth_username(), self.auth_password()) {
+            (Some(_), None) => {
                 return Err(ConfigError::new(
                     "HTTP_AUTH_PASSWORD",
                     "must be set when HTTP_AUTH_USERNAME is",
                 ));
             }
-            (None | Some(""), Some(_)) => {
+            (None, Some(_)) => {
                 return Err(ConfigError::new(
                     "HTTP_AUTH_USERNAME",
                     "must be set when HTTP_AUTH_PASSWORD is",
@@ -226,10 +226,11 @@ impl Config {
     /// The Basic auth credentials, when both are set; an empty value counts as unset,
     /// since empty credentials would lock every client out (or let anyone in).
     pub fn basic_auth(&self) -> Option<(&str, &str)> {
-        self.http_auth_username
-            .as_deref()
-            .filter(|u| !u.is_empty())
-            .zip(self.auth_password())
+        self.auth_username().zip(self.auth_password())
+    }
+
+    fn auth_username(&self) -> Option<&str> {
+        self.http_auth_username.as_deref().filter(|u| !u.is_empty())
     }
 
     fn auth_password(&self) -> Option<&str> {

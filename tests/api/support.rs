@@ -158,12 +158,7 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, json: Value) -> Answer {
-        self.send(
-            Method::POST,
-            path,
-            Some(("application/json", json.to_string())),
-        )
-        .await
+        self.send_json(Method::POST, path, json).await
     }
 
     /// A POST that must succeed; returns the answer's `content`.
@@ -186,12 +181,12 @@ impl TestApp {
 
     /// GET with a JSON body, exactly as the brief's examples are written.
     pub async fn get_with_body(&self, path: &str, json: Value) -> Answer {
-        self.send(
-            Method::GET,
-            path,
-            Some(("application/json", json.to_string())),
-        )
-        .await
+        self.send_json(Method::GET, path, json).await
+    }
+
+    async fn send_json(&self, method: Method, path: &str, json: Value) -> Answer {
+        let body = ("application/json", json.to_string());
+        self.send(method, path, Some(body)).await
     }
 
     pub async fn get(&self, path: &str) -> Answer {
@@ -215,10 +210,10 @@ impl TestApp {
     /// Creates a code and returns the code that was sent (read from the console
     /// provider's output), for requests that let otpd generate it.
     pub async fn create_and_read_code(&self, channel: &str, body: Value) -> String {
-        let a = self.post(&format!("/{channel}"), body).await;
-        assert!(a.ok(), "{:?}", a.body);
-        let id = a.body["content"]["id"].as_str().unwrap();
-        let d = self.finished_delivery(id).await;
+        let created = self.post_ok(&format!("/{channel}"), body).await;
+        let d = self
+            .finished_delivery(created["id"].as_str().unwrap())
+            .await;
         assert_eq!(d["state"], "sent");
         let line = self.console.lines().pop().unwrap();
         last_code_in(&line)

@@ -143,56 +143,46 @@ fn run(conn: Connection, rx: mpsc::Receiver<Message>) {
 }
 
 fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Op>>) {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        let err = map_err(e);
-        tracing::error!(error = %err, "cannot begin a store transaction");
-        for op in batch {
-            op.answer(Err(err.clone()));
+    let outcome = run_batch(conn, &mut batch);
+    if let Err(e) = &outcome {
+        tracing::error!(error = %e, "store transaction failed; every operation in it is refused");
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
         }
-        return;
     }
+    for op in batch {
+        op.answer(outcome.clone());
+    }
+}
+
+/// Runs the batch in one transaction and commits it. An error means nothing of the batch
+/// is stored, so every operation in it must be answered with that error.
+fn run_batch(conn: &Connection, batch: &mut [Box<dyn Op>]) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(map_err)?;
     for op in batch.iter_mut() {
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.run(conn)));
         // A panic leaves the savepoint open, and some errors (disk full, I/O) make
         // SQLite roll the whole transaction back; either way, nothing after this point
         // may run, or it would commit on its own outside the batch.
-        let abort = match ran {
-            Err(_) => Some(StoreError::Internal("a store operation panicked".into())),
-            Ok(()) if conn.is_autocommit() => Some(StoreError::Unavailable(
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.run(conn)))
+            .map_err(|_| StoreError::Internal("a store operation panicked".into()))?;
+        if conn.is_autocommit() {
+            return Err(StoreError::Unavailable(
                 "the store rolled the transaction back".into(),
-            )),
-            Ok(()) => None,
-        };
-        if let Some(err) = abort {
-            tracing::error!(error = %err, "store transaction aborted");
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
-            }
-            for op in batch {
-                op.answer(Err(err.clone()));
-            }
-            return;
+            ));
         }
     }
-    let commit = conn.execute_batch("COMMIT").map_err(map_err);
-    if let Err(e) = &commit {
-        tracing::error!(error = %e, "cannot commit a store transaction");
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    for op in batch {
-        op.answer(commit.clone());
-    }
+    conn.execute_batch("COMMIT").map_err(map_err)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn writer() -> (tempfile::TempDir, Writer) {
+    fn database() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join("w.db")).unwrap();
         conn.execute_batch("CREATE TABLE t (v INTEGER)").unwrap();
-        (dir, Writer::start(conn).unwrap())
+        (dir, conn)
     }
 
     fn count(conn: &Connection) -> Result<i64, StoreError> {
@@ -200,48 +190,80 @@ mod tests {
             .map_err(map_err)
     }
 
-    #[tokio::test]
-    async fn a_failed_operation_is_rolled_back_alone() {
-        let (_dir, w) = writer();
-        let failing = w.call(|c| {
-            c.execute("INSERT INTO t VALUES (1)", []).map_err(map_err)?;
+    type Reply<T> = oneshot::Receiver<Result<T, StoreError>>;
+
+    fn op<T, F>(work: F) -> (Box<dyn Op>, Reply<T>)
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            work: Some(work),
+            result: None,
+            reply,
+        };
+        (Box::new(pending), answer)
+    }
+
+    fn insert(v: i64) -> impl FnOnce(&Connection) -> Result<usize, StoreError> + Send + 'static {
+        move |c: &Connection| c.execute("INSERT INTO t VALUES (?1)", [v]).map_err(map_err)
+    }
+
+    #[test]
+    fn a_failed_operation_is_rolled_back_alone() {
+        let (_dir, conn) = database();
+        let (failing, mut failing_answer) = op(|c| {
+            insert(1)(c)?;
             Err::<(), _>(StoreError::Internal("refused".into()))
         });
-        let fine = w.call(|c| c.execute("INSERT INTO t VALUES (2)", []).map_err(map_err));
-        let (failing, fine) = tokio::join!(failing, fine);
-        assert!(failing.is_err());
-        assert_eq!(fine.unwrap(), 1);
-        assert_eq!(w.call(count).await.unwrap(), 1);
-        w.stop().await;
+        let (fine, mut fine_answer) = op(insert(2));
+        commit_batch(&conn, vec![failing, fine]);
+        assert!(failing_answer.try_recv().unwrap().is_err());
+        assert_eq!(fine_answer.try_recv().unwrap().unwrap(), 1);
+        assert_eq!(count(&conn).unwrap(), 1);
     }
 
-    #[tokio::test]
-    async fn when_sqlite_drops_the_transaction_nothing_else_in_the_batch_runs() {
-        let (_dir, w) = writer();
+    #[test]
+    fn when_sqlite_drops_the_transaction_nothing_in_the_batch_is_stored() {
+        let (_dir, conn) = database();
+        let (before, mut before_answer) = op(insert(1));
         // What a disk-full or I/O error does: the whole transaction is rolled back.
-        let dropped = w.call(|c| {
-            c.execute_batch("ROLLBACK").map_err(map_err)?;
-            Ok(())
-        });
-        let after = w.call(|c| c.execute("INSERT INTO t VALUES (1)", []).map_err(map_err));
-        let (dropped, after) = tokio::join!(dropped, after);
-        // Either both were in one batch and both fail, or `after` ran in its own.
-        assert!(dropped.is_err());
-        let stored = w.call(count).await.unwrap();
+        let (dropped, mut dropped_answer) = op(|c| c.execute_batch("ROLLBACK").map_err(map_err));
+        let (after, mut after_answer) = op(insert(2));
+        commit_batch(&conn, vec![before, dropped, after]);
+        assert!(before_answer.try_recv().unwrap().is_err());
+        assert!(dropped_answer.try_recv().unwrap().is_err());
+        assert!(after_answer.try_recv().unwrap().is_err());
         assert_eq!(
-            stored,
-            i64::from(after.is_ok()),
+            count(&conn).unwrap(),
+            0,
             "an answered error must not be stored"
         );
-        w.stop().await;
+    }
+
+    #[test]
+    fn a_panicking_operation_fails_its_batch_and_nothing_is_stored() {
+        let (_dir, conn) = database();
+        let (before, mut before_answer) = op(insert(1));
+        let (panicking, mut panicking_answer) = op(|_| -> Result<(), StoreError> { panic!("bug") });
+        commit_batch(&conn, vec![before, panicking]);
+        assert!(before_answer.try_recv().unwrap().is_err());
+        assert!(matches!(
+            panicking_answer.try_recv().unwrap(),
+            Err(StoreError::Internal(_))
+        ));
+        assert_eq!(count(&conn).unwrap(), 0);
     }
 
     #[tokio::test]
-    async fn a_panicking_operation_fails_without_killing_the_writer() {
-        let (_dir, w) = writer();
+    async fn the_writer_thread_survives_a_panicking_operation() {
+        let (_dir, conn) = database();
+        let w = Writer::start(conn).unwrap();
         let r: Result<(), StoreError> = w.call(|_| panic!("bug")).await;
         assert!(matches!(r, Err(StoreError::Internal(_))));
-        assert_eq!(w.call(count).await.unwrap(), 0);
+        assert_eq!(w.call(insert(1)).await.unwrap(), 1);
+        assert_eq!(w.call(count).await.unwrap(), 1);
         w.stop().await;
     }
 }
