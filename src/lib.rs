@@ -13,15 +13,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError, ProviderName, StoreUrl};
-use crate::delivery::{
-    ConsoleOut, ConsoleProvider, DeliverySettings, Provider, ProviderChains, Worker,
-};
-use crate::domain::Channel;
+use crate::config::{Config, ConfigError, StoreUrl, secret_value};
+use crate::delivery::{ConsoleOut, DeliverySettings, Wakeups, Worker, build_chains};
 use crate::domain::secret::Secret;
 use crate::domain::service::{CodeSettings, OtpService};
 use crate::store::{SharedStore, SqliteStore, StoreError};
@@ -75,11 +72,17 @@ impl App {
         let StoreUrl::Sqlite(path) = &config.store;
         // Opened first: it creates the data directory the generated secret is kept in.
         let store: SharedStore = Arc::new(SqliteStore::open(path)?);
-        let secret = match (&config.secret, &config.secret_file) {
-            (Some(s), _) => Secret::new(s.0.as_bytes())?,
-            (None, Some(file)) => read_secret_file(file)?,
-            (None, None) => Secret::load_or_create(&path.with_file_name("otpd.secret"))?,
+        let secret = match secret_value(
+            &config.secret,
+            &config.secret_file,
+            "OTP_SECRET",
+            "OTP_SECRET_FILE",
+        )? {
+            Some(s) => Secret::new(s.0.as_bytes())?,
+            None => Secret::load_or_create(&path.with_file_name("otpd.secret"))?,
         };
+        // Built before binding: a provider missing a setting stops the start here.
+        let chains = build_chains(&config, &deps.console)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Listen {
@@ -91,7 +94,7 @@ impl App {
             source,
         })?;
 
-        let wakeup = Arc::new(Notify::new());
+        let wakeups = Arc::new(Wakeups::default());
         let settings = CodeSettings {
             code_length: config.code_length,
             default_lifetime: Duration::from_secs(config.default_lifetime),
@@ -104,7 +107,7 @@ impl App {
             deps.clock.clone(),
             secret,
             settings,
-            wakeup.clone(),
+            wakeups.clone(),
         ));
         let auth = config
             .basic_auth()
@@ -132,18 +135,19 @@ impl App {
         if config.delivery_workers > 0 {
             let worker = Arc::new(Worker::new(
                 store.clone(),
-                provider_chains(&config, &deps),
+                chains,
                 deps.clock.clone(),
                 DeliverySettings {
                     concurrency: usize::from(config.delivery_workers),
                     lease: config.delivery_lease(),
+                    provider_timeout: config.delivery.timeout(),
                     poll_interval: Duration::from_secs(1),
                     retry_base: Duration::from_secs(2),
                     retry_cap: Duration::from_secs(120),
                 },
-                wakeup,
+                wakeups,
             ));
-            background.push(tokio::spawn(worker.run(shutdown.subscribe())));
+            background.extend(worker.spawn(&shutdown.subscribe()));
         }
         background.push(tokio::spawn(purge_loop(
             store.clone(),
@@ -188,37 +192,6 @@ impl App {
         self.store.close().await;
         tracing::info!("otpd stopped");
     }
-}
-
-fn read_secret_file(path: &std::path::Path) -> Result<Secret, StartError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        StartError::Config(ConfigError {
-            variable: "OTP_SECRET_FILE",
-            reason: format!("cannot read {}: {e}", path.display()),
-        })
-    })?;
-    Ok(Secret::new(text.trim_end_matches(['\n', '\r']))?)
-}
-
-fn provider_chains(config: &Config, deps: &Deps) -> ProviderChains {
-    let mut chains = ProviderChains::default();
-    for channel in Channel::ALL {
-        let names: &[ProviderName] = if config.dummy {
-            &[ProviderName::Console]
-        } else {
-            config.providers(channel)
-        };
-        let providers = names
-            .iter()
-            .map(|name| -> Arc<dyn Provider> {
-                match name {
-                    ProviderName::Console => Arc::new(ConsoleProvider::new(deps.console.clone())),
-                }
-            })
-            .collect();
-        chains.set(channel, providers);
-    }
-    chains
 }
 
 async fn purge_loop(

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{DeliveryJob, Provider, ProviderError};
+use super::{DeliveryJob, Provider, ProviderError, Receipt};
 use crate::domain::message::MessageContent;
 
 /// Where console messages go: stdout, or a buffer a test reads back.
@@ -46,7 +46,7 @@ impl Provider for ConsoleProvider {
         "console"
     }
 
-    async fn send(&self, job: &DeliveryJob) -> Result<(), ProviderError> {
+    async fn send(&self, job: &DeliveryJob) -> Result<Receipt, ProviderError> {
         let body = match &job.content {
             MessageContent::Text { text } => one_line(text),
             MessageContent::Email {
@@ -72,6 +72,7 @@ impl Provider for ConsoleProvider {
             .map_err(|_| ProviderError::Retryable("console output is poisoned".into()))?;
         out.write_all(line.as_bytes())
             .and_then(|()| out.flush())
-            .map_err(|e| ProviderError::Retryable(format!("console write failed: {e}")))
+            .map_err(|e| ProviderError::Retryable(format!("console write failed: {e}")))?;
+        Ok(Receipt::default())
     }
 }

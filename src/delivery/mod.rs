@@ -1,6 +1,13 @@
 //! Sending codes: the outbox jobs, the `Provider` seam, and the worker that drains them.
 
+mod chains;
 mod console;
+mod http;
+mod perfumer;
+mod smtp;
+mod telegram;
+mod twilio;
+mod webhook;
 mod worker;
 
 use std::fmt;
@@ -9,13 +16,20 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use rand::RngCore;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+pub use chains::build as build_chains;
 pub use console::{ConsoleOut, ConsoleProvider};
-pub use worker::{DeliverySettings, Worker};
+pub use perfumer::PerfumerProvider;
+pub use smtp::SmtpProvider;
+pub use telegram::TelegramProvider;
+pub use twilio::TwilioProvider;
+pub use webhook::WebhookProvider;
+pub use worker::{DeliverySettings, Wakeups, Worker};
 
 use crate::clock::Timestamp;
 use crate::domain::Channel;
+use crate::domain::code::Password;
 use crate::domain::message::MessageContent;
 
 /// 128 random bits, hex: unguessable, since `GET /deliveries/{id}` shows the job.
@@ -93,18 +107,88 @@ pub struct DeliveryJob {
     pub channel: Channel,
     pub target: String,
     pub content: MessageContent,
+    /// The code inside `content`, so that nothing a provider says can carry it further.
+    pub code: Option<Password>,
     /// Attempts so far, including the one this claim starts.
     pub attempts: u32,
     pub expires_at: Timestamp,
 }
 
+impl DeliveryJob {
+    /// A provider's words made safe to keep and log: the code (as written and as spoken)
+    /// masked, and the length bounded.
+    pub fn scrub(&self, reason: &str) -> String {
+        const MAX_CHARS: usize = 300;
+        let mut text = reason.to_owned();
+        if let Some(code) = &self.code {
+            for form in [code.reveal().to_owned(), code.spoken()] {
+                if !form.is_empty() {
+                    text = text.replace(&form, "***");
+                }
+            }
+        }
+        if text.chars().count() > MAX_CHARS {
+            text = text.chars().take(MAX_CHARS).collect::<String>() + "…";
+        }
+        text
+    }
+}
+
 /// How one attempt ended, as the store records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptResult {
-    Sent { provider: String },
-    Retry { at: Timestamp, error: String },
-    Failed { error: String },
-    Expired { error: String },
+    Sent {
+        provider: String,
+        message_id: Option<String>,
+    },
+    Retry {
+        at: Timestamp,
+        error: String,
+    },
+    Failed {
+        error: String,
+    },
+    Expired {
+        error: String,
+    },
+}
+
+/// One attempt of one job: how it ended and what each provider in the chain said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptReport {
+    /// The attempt number the claim handed out; a report for an attempt whose lease was
+    /// taken over by another worker is ignored.
+    pub attempt: u32,
+    pub result: AttemptResult,
+    pub tries: Vec<ProviderTry>,
+}
+
+/// One provider's answer within an attempt, kept in the job's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderTry {
+    pub provider: String,
+    pub outcome: TryOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TryOutcome {
+    Sent,
+    /// Failed in a way a later attempt (or the next provider) may not.
+    Retryable,
+    /// Refused for good: the attempt stopped here.
+    Permanent,
+}
+
+/// What a provider hands back when it accepted a message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Receipt {
+    /// The provider's own id for the message (a Twilio SID, a Telegram message id).
+    pub message_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,7 +205,7 @@ pub enum ProviderError {
 #[async_trait]
 pub trait Provider: Send + Sync {
     fn name(&self) -> &'static str;
-    async fn send(&self, job: &DeliveryJob) -> Result<(), ProviderError>;
+    async fn send(&self, job: &DeliveryJob) -> Result<Receipt, ProviderError>;
 }
 
 /// The ordered providers of each channel: the first that accepts a message wins.

@@ -6,22 +6,42 @@ use std::time::Duration;
 
 use rand::Rng;
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
-use super::{AttemptResult, DeliveryJob, ProviderChains, ProviderError};
+use super::{
+    AttemptReport, AttemptResult, DeliveryJob, ProviderChains, ProviderError, ProviderTry,
+    TryOutcome,
+};
 use crate::clock::{Clock, Timestamp};
+use crate::domain::Channel;
 use crate::store::SharedStore;
 
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
-    /// Jobs sent at once; 0 turns delivery off in this process.
+    /// Jobs of one channel sent at once; 0 turns delivery off in this process.
     pub concurrency: usize,
     /// How long a claimed job stays with its worker before another may take it.
     pub lease: Duration,
-    /// How often to look for retries that came due, when nothing wakes the worker sooner.
+    /// The longest one provider may take with one message.
+    pub provider_timeout: Duration,
+    /// The longest wait between looks at the outbox, for jobs other processes queued.
     pub poll_interval: Duration,
     pub retry_base: Duration,
     pub retry_cap: Duration,
+}
+
+/// One wake-up per channel: a new job wakes only the loop of its own channel.
+#[derive(Debug, Default)]
+pub struct Wakeups([Notify; 4]);
+
+impl Wakeups {
+    pub fn notify(&self, channel: Channel) {
+        self.0[channel as usize].notify_one();
+    }
+
+    fn get(&self, channel: Channel) -> &Notify {
+        &self.0[channel as usize]
+    }
 }
 
 pub struct Worker {
@@ -29,7 +49,7 @@ pub struct Worker {
     chains: ProviderChains,
     clock: Arc<dyn Clock>,
     settings: DeliverySettings,
-    wakeup: Arc<Notify>,
+    wakeups: Arc<Wakeups>,
 }
 
 impl Worker {
@@ -38,97 +58,160 @@ impl Worker {
         chains: ProviderChains,
         clock: Arc<dyn Clock>,
         settings: DeliverySettings,
-        wakeup: Arc<Notify>,
+        wakeups: Arc<Wakeups>,
     ) -> Self {
         Worker {
             store,
             chains,
             clock,
             settings,
-            wakeup,
+            wakeups,
         }
     }
 
-    /// Runs until `shutdown` turns true; the batch in hand is finished first.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    /// One loop per channel, so that a slow provider on one channel never holds up
+    /// another. Each runs until `shutdown` turns true, then finishes what it holds.
+    pub fn spawn(self: Arc<Self>, shutdown: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        Channel::ALL
+            .into_iter()
+            .map(|channel| tokio::spawn(Arc::clone(&self).run(channel, shutdown.clone())))
+            .collect()
+    }
+
+    async fn run(self: Arc<Self>, channel: Channel, mut shutdown: watch::Receiver<bool>) {
+        let mut in_flight = JoinSet::new();
         while !*shutdown.borrow() {
-            let now = self.clock.now();
-            let claimed = self
-                .store
-                .claim_deliveries(
-                    now,
-                    now.plus(self.settings.lease),
-                    self.settings.concurrency,
-                )
-                .await;
-            match claimed {
-                Ok(jobs) if !jobs.is_empty() => {
-                    self.send_all(jobs).await;
-                    continue;
+            while in_flight.try_join_next().is_some() {}
+            let free = self.settings.concurrency.saturating_sub(in_flight.len());
+            if free == 0 {
+                tokio::select! {
+                    _ = in_flight.join_next() => {}
+                    _ = shutdown.changed() => {}
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot take delivery jobs"),
+                continue;
             }
+            let now = self.clock.now();
+            let lease_until = now.plus(self.settings.lease);
+            match self
+                .store
+                .claim_deliveries(channel, now, lease_until, free)
+                .await
+            {
+                Ok(jobs) => {
+                    let full = jobs.len() == free;
+                    for job in jobs {
+                        let worker = Arc::clone(&self);
+                        in_flight.spawn(async move { worker.deliver(job).await });
+                    }
+                    if full {
+                        continue;
+                    }
+                }
+                Err(e) => tracing::warn!(%channel, error = %e, "cannot take delivery jobs"),
+            }
+            let next_due = match self.store.next_delivery_due(channel).await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::warn!(%channel, error = %e, "cannot read the outbox");
+                    None
+                }
+            };
+            let clock = Arc::clone(&self.clock);
+            let due = async move {
+                match next_due {
+                    Some(at) => clock.sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = self.wakeup.notified() => {}
+                _ = self.wakeups.get(channel).notified() => {}
+                _ = due => {}
+                // A finished attempt may have queued a retry sooner than `next_due`.
+                Some(_) = in_flight.join_next() => {}
                 _ = tokio::time::sleep(self.settings.poll_interval) => {}
                 _ = shutdown.changed() => {}
             }
         }
+        while in_flight.join_next().await.is_some() {}
     }
 
-    async fn send_all(self: &Arc<Self>, jobs: Vec<DeliveryJob>) {
-        let mut tasks = JoinSet::new();
-        for job in jobs {
-            let worker = Arc::clone(self);
-            tasks.spawn(async move {
-                let result = worker.attempt(&job).await;
-                let now = worker.clock.now();
-                if let Err(e) = worker.store.finish_attempt(job.id, result, now).await {
-                    // The lease runs out and the job is taken again: delivered at least once.
-                    tracing::warn!(delivery = %job.id, error = %e, "cannot record a delivery attempt");
-                }
-            });
+    async fn deliver(&self, job: DeliveryJob) {
+        let report = self.attempt(&job).await;
+        let now = self.clock.now();
+        if let Err(e) = self.store.finish_attempt(job.id, report, now).await {
+            // The lease runs out and the job is taken again: delivered at least once.
+            tracing::warn!(delivery = %job.id, error = %e, "cannot record a delivery attempt");
         }
-        while tasks.join_next().await.is_some() {}
     }
 
-    async fn attempt(&self, job: &DeliveryJob) -> AttemptResult {
+    async fn attempt(&self, job: &DeliveryJob) -> AttemptReport {
+        let report = |result, tries| AttemptReport {
+            attempt: job.attempts,
+            result,
+            tries,
+        };
         let providers = self.chains.get(job.channel);
+        if providers.is_empty() {
+            let error = format!("no provider is configured for {}", job.channel);
+            return report(AttemptResult::Failed { error }, Vec::new());
+        }
+        let mut tries = Vec::new();
         let mut errors = Vec::new();
         for provider in providers {
-            match provider.send(job).await {
-                Ok(()) => {
-                    tracing::info!(delivery = %job.id, channel = %job.channel, provider = provider.name(), attempt = job.attempts, "delivered");
-                    return AttemptResult::Sent {
-                        provider: provider.name().to_owned(),
+            let name = provider.name();
+            let mut tried = ProviderTry {
+                provider: name.to_owned(),
+                outcome: TryOutcome::Sent,
+                error: None,
+                message_id: None,
+            };
+            let sent = tokio::time::timeout(self.settings.provider_timeout, provider.send(job))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ProviderError::Retryable(format!(
+                        "no answer within {} s",
+                        self.settings.provider_timeout.as_secs()
+                    )))
+                });
+            match sent {
+                Ok(receipt) => {
+                    tracing::info!(delivery = %job.id, channel = %job.channel, provider = name, attempt = job.attempts, "delivered");
+                    tried.message_id = receipt.message_id.clone();
+                    tries.push(tried);
+                    let result = AttemptResult::Sent {
+                        provider: name.to_owned(),
+                        message_id: receipt.message_id,
                     };
+                    return report(result, tries);
                 }
                 Err(ProviderError::Permanent(reason)) => {
-                    tracing::warn!(delivery = %job.id, channel = %job.channel, provider = provider.name(), %reason, "delivery refused");
-                    return AttemptResult::Failed {
-                        error: format!("{}: {reason}", provider.name()),
-                    };
+                    let reason = job.scrub(&reason);
+                    tracing::warn!(delivery = %job.id, channel = %job.channel, provider = name, %reason, "delivery refused");
+                    let error = format!("{name}: {reason}");
+                    tried.outcome = TryOutcome::Permanent;
+                    tried.error = Some(reason);
+                    tries.push(tried);
+                    return report(AttemptResult::Failed { error }, tries);
                 }
                 Err(ProviderError::Retryable(reason)) => {
-                    tracing::warn!(delivery = %job.id, channel = %job.channel, provider = provider.name(), %reason, "delivery attempt failed");
-                    errors.push(format!("{}: {reason}", provider.name()));
+                    let reason = job.scrub(&reason);
+                    tracing::warn!(delivery = %job.id, channel = %job.channel, provider = name, %reason, "delivery attempt failed");
+                    errors.push(format!("{name}: {reason}"));
+                    tried.outcome = TryOutcome::Retryable;
+                    tried.error = Some(reason);
+                    tries.push(tried);
                 }
             }
         }
-        if providers.is_empty() {
-            return AttemptResult::Failed {
-                error: format!("no provider is configured for {}", job.channel),
-            };
-        }
         let error = errors.join("; ");
         let now = self.clock.now();
-        match retry_at(&self.settings, job.attempts, now, job.expires_at) {
+        let result = match retry_at(&self.settings, job.attempts, now, job.expires_at) {
             Some(at) => AttemptResult::Retry { at, error },
             None => AttemptResult::Expired {
-                error: format!("code expired before delivery succeeded ({error})"),
+                error: format!("the code expired before delivery succeeded ({error})"),
             },
-        }
+        };
+        report(result, tries)
     }
 }
 
@@ -158,6 +241,7 @@ mod tests {
         DeliverySettings {
             concurrency: 1,
             lease: Duration::from_secs(30),
+            provider_timeout: Duration::from_secs(10),
             poll_interval: Duration::from_secs(1),
             retry_base: Duration::from_secs(1),
             retry_cap: Duration::from_secs(60),

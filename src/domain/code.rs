@@ -43,6 +43,19 @@ impl Password {
     pub fn reveal(&self) -> &str {
         &self.0
     }
+
+    /// The code with its characters spaced ("4 2 4 2"), so that a voice reads each one
+    /// alone instead of as a number ("four thousand two hundred...").
+    pub fn spoken(&self) -> String {
+        let mut out = String::with_capacity(self.0.len() * 2);
+        for (i, c) in self.0.chars().enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            out.push(c);
+        }
+        out
+    }
 }
 
 impl fmt::Debug for Password {

@@ -67,6 +67,10 @@ impl Templates {
         password: &Password,
         generated: bool,
     ) -> Result<MessageContent, InvalidField> {
+        let shown = match channel {
+            Channel::Call => password.spoken(),
+            _ => password.reveal().to_owned(),
+        };
         let fill = |field: &'static str,
                     given: &Option<String>,
                     default: &str,
@@ -85,7 +89,7 @@ impl Templates {
                     "must contain {password} when no \"password\" is given",
                 ));
             }
-            Ok(template.replace(PLACEHOLDER, password.reveal()))
+            Ok(template.replace(PLACEHOLDER, &shown))
         };
         match channel {
             Channel::Sms | Channel::Call | Channel::Telegram => Ok(MessageContent::Text {
@@ -150,6 +154,19 @@ mod tests {
             m,
             MessageContent::Text {
                 text: "Your OTP is 4242".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_call_reads_the_code_one_character_at_a_time() {
+        let m = Templates::default()
+            .render(Channel::Call, &code(), true)
+            .unwrap();
+        assert_eq!(
+            m,
+            MessageContent::Text {
+                text: "Your code is 4 2 4 2".into()
             }
         );
     }

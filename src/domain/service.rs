@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use crate::delivery::Wakeups;
 
 use super::code::{Lifetime, Password};
 use super::limits::{LimitHit, LimitKind, LimitRules, LimitRulesUpdate};
@@ -62,7 +62,7 @@ pub struct OtpService {
     clock: Arc<dyn Clock>,
     secret: Secret,
     settings: CodeSettings,
-    delivery_wakeup: Arc<Notify>,
+    delivery_wakeup: Arc<Wakeups>,
 }
 
 impl OtpService {
@@ -71,7 +71,7 @@ impl OtpService {
         clock: Arc<dyn Clock>,
         secret: Secret,
         settings: CodeSettings,
-        delivery_wakeup: Arc<Notify>,
+        delivery_wakeup: Arc<Wakeups>,
     ) -> Self {
         OtpService {
             store,
@@ -106,11 +106,12 @@ impl OtpService {
             max_active: self.settings.max_active,
             delivery_id: DeliveryId::random(),
             content,
+            code: password,
         };
         let (delivery_id, expires_at) = (code.delivery_id, code.expires_at);
         match self.store.create_code(code).await? {
             CreateOutcome::Created => {
-                self.delivery_wakeup.notify_one();
+                self.delivery_wakeup.notify(req.channel);
                 Ok(Created {
                     delivery_id,
                     expires_at,

@@ -12,8 +12,9 @@ use serde::Serialize;
 pub use sqlite::{OpenError, SqliteStore};
 
 use crate::clock::Timestamp;
-use crate::delivery::{AttemptResult, DeliveryId, DeliveryJob, DeliveryState};
+use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob, DeliveryState, ProviderTry};
 use crate::domain::Channel;
+use crate::domain::code::Password;
 use crate::domain::limits::{LimitHit, LimitKind, LimitRules, LimitRulesUpdate};
 use crate::domain::message::MessageContent;
 use crate::domain::secret::CodeHash;
@@ -41,6 +42,8 @@ pub struct NewCode {
     pub max_active: u32,
     pub delivery_id: DeliveryId,
     pub content: MessageContent,
+    /// Kept with the message so that providers' error texts can be scrubbed of it.
+    pub code: Password,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,11 +72,27 @@ pub struct DeliveryStatus {
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// The provider's id for the message (a Twilio message SID), once sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_message_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub created_at: String,
     pub updated_at: String,
     pub expires_at: String,
+    /// When a queued job will be tried (again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    /// Every provider asked, attempt by attempt, oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    pub attempt: u32,
+    pub at: String,
+    #[serde(flatten)]
+    pub tried: ProviderTry,
 }
 
 #[async_trait]
@@ -93,19 +112,27 @@ pub trait Store: Send + Sync {
         update: LimitRulesUpdate,
     ) -> Result<LimitRules, StoreError>;
 
-    /// Takes up to `max` due jobs for sending, leased until `lease_until`. Jobs whose
-    /// code has expired before sending are marked `expired` instead.
+    /// Takes up to `max` due jobs of `channel` for sending, leased until `lease_until`,
+    /// each with its attempt count raised. Jobs whose code has expired before sending are
+    /// marked `expired` instead.
     async fn claim_deliveries(
         &self,
+        channel: Channel,
         now: Timestamp,
         lease_until: Timestamp,
         max: usize,
     ) -> Result<Vec<DeliveryJob>, StoreError>;
 
+    /// When the next job of `channel` comes due (a retry, or a lease running out), if any
+    /// is waiting.
+    async fn next_delivery_due(&self, channel: Channel) -> Result<Option<Timestamp>, StoreError>;
+
+    /// Records how an attempt ended and what each provider said. Ignored when the job's
+    /// lease was taken over meanwhile (the report's attempt is no longer the job's).
     async fn finish_attempt(
         &self,
         id: DeliveryId,
-        result: AttemptResult,
+        report: AttemptReport,
         now: Timestamp,
     ) -> Result<(), StoreError>;
 

@@ -13,15 +13,15 @@ use crate::support::TestApp;
 
 const SECRET: &str = "an-operator-secret-of-at-least-32-bytes";
 
-struct Otpd {
-    child: Child,
-    base: String,
+pub struct Otpd {
+    pub child: Child,
+    pub base: String,
     stdout: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
 }
 
 /// Starts the binary on a free port; returns once it says where it listens.
-fn start(dir: &Path, env: &[(&str, &str)]) -> Otpd {
+pub fn start(dir: &Path, env: &[(&str, &str)]) -> Otpd {
     let mut child = Command::new(env!("CARGO_BIN_EXE_otpd"))
         .current_dir(dir)
         .env_clear()
@@ -61,7 +61,7 @@ fn lines_of(stream: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     rx
 }
 
-async fn call(
+pub async fn call(
     client: &reqwest::Client,
     method: reqwest::Method,
     url: String,

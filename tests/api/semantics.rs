@@ -147,9 +147,12 @@ async fn a_missing_password_is_generated_and_put_into_the_message() {
             json!({"phone": "77011234567", "message": "Code {password}, again {password}."}),
         )
         .await;
+    // A voice reads the digits one by one.
+    let spoken = code.chars().map(String::from).collect::<Vec<_>>().join(" ");
+    assert_eq!(code.len(), 6);
     assert_eq!(
         t.console.lines().last().unwrap(),
-        &format!("otpd console: call to 77011234567: Code {code}, again {code}.")
+        &format!("otpd console: call to 77011234567: Code {spoken}, again {spoken}.")
     );
 
     let code = t

@@ -109,6 +109,28 @@ impl TestApp {
         }
     }
 
+    /// Tries to start with `args`, which must be refused; returns the reason.
+    pub async fn start_error(args: &[&str]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("otpd.db");
+        let mut argv = vec![
+            "otpd".to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--store".into(),
+            format!("sqlite://{}", db.display()),
+        ];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let config = match Cli::try_parse_from(argv) {
+            Ok(cli) => cli.config,
+            Err(e) => return e.to_string(),
+        };
+        match App::start(config, Deps::default()).await {
+            Ok(_) => panic!("otpd started with {args:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     /// Stops the server cleanly and starts a new one on the same data directory.
     pub async fn restart(mut self) -> TestApp {
         self.app.take().unwrap().shutdown().await;
@@ -193,18 +215,42 @@ impl TestApp {
         self.send(Method::GET, path, None).await
     }
 
-    /// Waits until the worker has finished the delivery, and returns its status.
-    pub async fn finished_delivery(&self, id: &str) -> Value {
-        for _ in 0..500 {
-            let a = self.get(&format!("/deliveries/{id}")).await;
-            assert!(a.ok(), "{:?}", a.body);
-            let state = a.body["content"]["state"].as_str().unwrap().to_owned();
-            if !matches!(state.as_str(), "queued" | "sending") {
-                return a.body["content"].clone();
+    /// `GET /deliveries/{id}`'s content.
+    pub async fn delivery(&self, id: &str) -> Value {
+        let a = self.get(&format!("/deliveries/{id}")).await;
+        assert!(a.ok(), "{:?}", a.body);
+        a.body["content"].clone()
+    }
+
+    /// Waits until the delivery's status satisfies `done` (the worker runs on its own
+    /// task, so this polls the API; the clock is never moved here), and returns it.
+    pub async fn delivery_when(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..1000 {
+            last = self.delivery(id).await;
+            if done(&last) {
+                return last;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("delivery {id} did not finish");
+        panic!("delivery {id} never reached the awaited state; last seen: {last}");
+    }
+
+    /// Waits until the worker has finished the delivery, and returns its status.
+    pub async fn finished_delivery(&self, id: &str) -> Value {
+        self.delivery_when(id, |d| {
+            !matches!(d["state"].as_str(), Some("queued" | "sending"))
+        })
+        .await
+    }
+
+    /// Waits until the delivery has been tried `n` times and is waiting for its next try
+    /// (or has finished).
+    pub async fn attempted(&self, id: &str, n: u64) -> Value {
+        self.delivery_when(id, |d| {
+            d["attempts"].as_u64() == Some(n) && d["state"].as_str() != Some("sending")
+        })
+        .await
     }
 
     /// Creates a code and returns the code that was sent (read from the console
@@ -220,13 +266,22 @@ impl TestApp {
     }
 }
 
-/// The last run of digits in a console line: the code in the default templates.
+/// The last run of digits in a console line: the code in the default templates. Single
+/// spaces between digits are skipped, since calls speak the code digit by digit.
 pub fn last_code_in(line: &str) -> String {
-    let digits: String = line
-        .chars()
-        .rev()
-        .skip_while(|c| !c.is_ascii_digit())
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.chars().rev().collect()
+    let chars: Vec<char> = line.chars().collect();
+    let mut end = chars.len();
+    while end > 0 && !chars[end - 1].is_ascii_digit() {
+        end -= 1;
+    }
+    let mut digits = Vec::new();
+    let mut i = end;
+    while i > 0 && chars[i - 1].is_ascii_digit() {
+        digits.push(chars[i - 1]);
+        i -= 1;
+        if i > 1 && chars[i - 1] == ' ' && chars[i - 2].is_ascii_digit() {
+            i -= 1;
+        }
+    }
+    digits.iter().rev().collect()
 }

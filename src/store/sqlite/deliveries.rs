@@ -1,16 +1,24 @@
 //! The delivery outbox.
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
 
 use super::map_err;
 use crate::clock::Timestamp;
-use crate::delivery::{AttemptResult, DeliveryId, DeliveryJob, DeliveryState};
+use crate::delivery::{
+    AttemptReport, AttemptResult, DeliveryId, DeliveryJob, DeliveryState, ProviderTry,
+};
 use crate::domain::Channel;
-use crate::store::{DeliveryStatus, NewCode, StoreError};
+use crate::domain::code::Password;
+use crate::domain::message::MessageContent;
+use crate::store::{DeliveryStatus, HistoryEntry, NewCode, StoreError};
 
 pub(super) fn enqueue(conn: &Connection, code: &NewCode) -> Result<(), StoreError> {
-    let payload = serde_json::to_string(&code.content)
-        .map_err(|e| StoreError::Internal(format!("cannot encode a message: {e}")))?;
+    let payload = serde_json::to_string(&Payload {
+        content: code.content.clone(),
+        code: Some(code.code.reveal().to_owned()),
+    })
+    .map_err(|e| StoreError::Internal(format!("cannot encode a message: {e}")))?;
     let now = code.now.millis();
     conn.prepare_cached(
         "INSERT INTO deliveries (id, channel, target, payload, state, created_at, updated_at,
@@ -45,6 +53,7 @@ fn parse_channel(s: String) -> Result<Channel, StoreError> {
 
 pub(super) fn claim(
     conn: &Connection,
+    channel: Channel,
     now: Timestamp,
     lease_until: Timestamp,
     max: usize,
@@ -58,25 +67,32 @@ pub(super) fn claim(
         "UPDATE deliveries
          SET state = 'expired', payload = NULL, lease_until = NULL, updated_at = ?1,
              error = 'the code expired before it could be delivered'
-         WHERE state IN ('queued', 'sending') AND expires_at <= ?1
+         WHERE channel = ?2 AND state IN ('queued', 'sending') AND expires_at <= ?1
            AND (state = 'queued' OR lease_until <= ?1)",
     )
-    .and_then(|mut s| s.execute([now]))
+    .and_then(|mut s| s.execute(params![now, channel.as_str()]))
     .map_err(map_err)?;
     let mut stmt = conn
         .prepare_cached(
             "UPDATE deliveries
              SET state = 'sending', lease_until = ?2, attempts = attempts + 1, updated_at = ?1
              WHERE id IN (
-                 SELECT id FROM deliveries WHERE state = 'queued' AND next_attempt_at <= ?1
+                 SELECT id FROM deliveries
+                 WHERE channel = ?4 AND state = 'queued' AND next_attempt_at <= ?1
                  UNION ALL
-                 SELECT id FROM deliveries WHERE state = 'sending' AND lease_until <= ?1
+                 SELECT id FROM deliveries
+                 WHERE channel = ?4 AND state = 'sending' AND lease_until <= ?1
                  LIMIT ?3)
              RETURNING id, channel, target, payload, attempts, expires_at",
         )
         .map_err(map_err)?;
     let mut rows = stmt
-        .query(params![now, lease_until.millis(), max as i64])
+        .query(params![
+            now,
+            lease_until.millis(),
+            max as i64,
+            channel.as_str()
+        ])
         .map_err(map_err)?;
     let mut jobs = Vec::new();
     while let Some(row) = rows.next().map_err(map_err)? {
@@ -85,19 +101,49 @@ pub(super) fn claim(
     Ok(jobs)
 }
 
+pub(super) fn next_due(
+    conn: &Connection,
+    channel: Channel,
+) -> Result<Option<Timestamp>, StoreError> {
+    let at: Option<i64> = conn
+        .prepare_cached(
+            "SELECT min(at) FROM (
+                 SELECT min(next_attempt_at) AS at FROM deliveries
+                 WHERE channel = ?1 AND state = 'queued'
+                 UNION ALL
+                 SELECT min(lease_until) FROM deliveries
+                 WHERE channel = ?1 AND state = 'sending')",
+        )
+        .and_then(|mut s| s.query_row([channel.as_str()], |r| r.get(0)))
+        .map_err(map_err)?;
+    Ok(at.map(Timestamp::from_millis))
+}
+
+/// What the `payload` column holds until the job ends.
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    #[serde(flatten)]
+    content: MessageContent,
+    /// Absent in jobs queued by versions before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    code: Option<String>,
+}
+
 fn job_from_row(row: &Row<'_>) -> Result<DeliveryJob, StoreError> {
     let id: String = row.get(0).map_err(map_err)?;
     let payload: Option<String> = row.get(3).map_err(map_err)?;
-    let content = serde_json::from_str(payload.as_deref().unwrap_or_default()).map_err(|e| {
-        StoreError::Internal(format!("delivery {id} has an unreadable message: {e}"))
-    })?;
+    let payload: Payload =
+        serde_json::from_str(payload.as_deref().unwrap_or_default()).map_err(|e| {
+            StoreError::Internal(format!("delivery {id} has an unreadable message: {e}"))
+        })?;
     Ok(DeliveryJob {
         id: id
             .parse()
             .map_err(|()| StoreError::Internal(format!("bad delivery id {id:?}")))?,
         channel: parse_channel(row.get(1).map_err(map_err)?)?,
         target: row.get(2).map_err(map_err)?,
-        content,
+        content: payload.content,
+        code: payload.code.and_then(|c| Password::parse(&c).ok()),
         attempts: row.get(4).map_err(map_err)?,
         expires_at: Timestamp::from_millis(row.get(5).map_err(map_err)?),
     })
@@ -106,90 +152,153 @@ fn job_from_row(row: &Row<'_>) -> Result<DeliveryJob, StoreError> {
 pub(super) fn finish(
     conn: &Connection,
     id: DeliveryId,
-    result: &AttemptResult,
+    report: &AttemptReport,
     now: Timestamp,
 ) -> Result<(), StoreError> {
     let id = id.to_string();
+    let history: Option<String> = conn
+        .prepare_cached(
+            "SELECT history FROM deliveries WHERE id = ?1 AND state = 'sending' AND attempts = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![id, report.attempt], |r| r.get(0))
+                .optional()
+        })
+        .map_err(map_err)?;
+    let Some(history) = history else {
+        tracing::warn!(delivery = %id, attempt = report.attempt, "a delivery attempt finished after its lease was taken over");
+        return Ok(());
+    };
+    let history = append_history(&history, report, now)?;
     let now = now.millis();
-    let updated = match result {
-        AttemptResult::Sent { provider } => conn
-            .prepare_cached(
-                "UPDATE deliveries SET state = 'sent', provider = ?2, error = NULL, payload = NULL,
-                     lease_until = NULL, updated_at = ?3
-                 WHERE id = ?1 AND state = 'sending'",
-            )
-            .and_then(|mut s| s.execute(params![id, provider, now])),
-        AttemptResult::Retry { at, error } => conn
-            .prepare_cached(
-                "UPDATE deliveries SET state = 'queued', error = ?2, next_attempt_at = ?3,
-                     lease_until = NULL, updated_at = ?4
-                 WHERE id = ?1 AND state = 'sending'",
-            )
-            .and_then(|mut s| s.execute(params![id, error, at.millis(), now])),
-        AttemptResult::Failed { error } | AttemptResult::Expired { error } => {
-            let state = if matches!(result, AttemptResult::Failed { .. }) {
-                DeliveryState::Failed
-            } else {
-                DeliveryState::Expired
-            };
-            conn.prepare_cached(
-                "UPDATE deliveries SET state = ?2, error = ?3, payload = NULL, lease_until = NULL,
-                     updated_at = ?4
-                 WHERE id = ?1 AND state = 'sending'",
-            )
-            .and_then(|mut s| s.execute(params![id, state.as_str(), error, now]))
-        }
-    }
+    // Every end state but a retry erases the message: it holds the code.
+    let (state, provider, message_id, error, next_attempt_at) = match &report.result {
+        AttemptResult::Sent {
+            provider,
+            message_id,
+        } => (
+            DeliveryState::Sent,
+            Some(provider),
+            message_id.as_ref(),
+            None,
+            None,
+        ),
+        AttemptResult::Retry { at, error } => (
+            DeliveryState::Queued,
+            None,
+            None,
+            Some(error),
+            Some(at.millis()),
+        ),
+        AttemptResult::Failed { error } => (DeliveryState::Failed, None, None, Some(error), None),
+        AttemptResult::Expired { error } => (DeliveryState::Expired, None, None, Some(error), None),
+    };
+    conn.prepare_cached(
+        "UPDATE deliveries
+         SET state = ?2, provider = coalesce(?3, provider), provider_message_id = ?4, error = ?5,
+             next_attempt_at = coalesce(?6, next_attempt_at),
+             payload = CASE WHEN ?2 = 'queued' THEN payload END,
+             lease_until = NULL, updated_at = ?7, history = ?8
+         WHERE id = ?1",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id,
+            state.as_str(),
+            provider,
+            message_id,
+            error,
+            next_attempt_at,
+            now,
+            history
+        ])
+    })
     .map_err(map_err)?;
-    if updated == 0 {
-        tracing::warn!(delivery = %id, "a delivery attempt finished after its lease was taken over");
-    }
     Ok(())
+}
+
+fn append_history(
+    history: &str,
+    report: &AttemptReport,
+    now: Timestamp,
+) -> Result<String, StoreError> {
+    let mut entries: Vec<StoredTry> = serde_json::from_str(history)
+        .map_err(|e| StoreError::Internal(format!("unreadable delivery history: {e}")))?;
+    entries.extend(report.tries.iter().map(|tried| StoredTry {
+        attempt: report.attempt,
+        at: now.millis(),
+        tried: tried.clone(),
+    }));
+    serde_json::to_string(&entries)
+        .map_err(|e| StoreError::Internal(format!("cannot encode a delivery history: {e}")))
+}
+
+/// A history entry as kept in the `history` column.
+#[derive(Serialize, Deserialize)]
+struct StoredTry {
+    attempt: u32,
+    at: i64,
+    #[serde(flatten)]
+    tried: ProviderTry,
 }
 
 pub(super) fn status(
     conn: &Connection,
     id: DeliveryId,
 ) -> Result<Option<DeliveryStatus>, StoreError> {
+    let rfc = |ms| Timestamp::from_millis(ms).to_rfc3339();
     let row = conn
         .prepare_cached(
-            "SELECT channel, state, attempts, provider, error, created_at, updated_at, expires_at
+            "SELECT channel, state, attempts, provider, provider_message_id, error,
+                    created_at, updated_at, expires_at, next_attempt_at, history
              FROM deliveries WHERE id = ?1",
         )
         .and_then(|mut s| {
             s.query_row([id.to_string()], |r| {
+                let state: String = r.get(1)?;
                 Ok((
                     r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, u32>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, i64>(7)?,
+                    state.clone(),
+                    r.get::<_, String>(10)?,
+                    DeliveryStatus {
+                        id: id.to_string(),
+                        channel: Channel::Sms,
+                        state: DeliveryState::Queued,
+                        attempts: r.get(2)?,
+                        provider: r.get(3)?,
+                        provider_message_id: r.get(4)?,
+                        error: r.get(5)?,
+                        created_at: rfc(r.get(6)?),
+                        updated_at: rfc(r.get(7)?),
+                        expires_at: rfc(r.get(8)?),
+                        next_attempt_at: (state == "queued")
+                            .then(|| r.get(9).map(rfc))
+                            .transpose()?,
+                        history: Vec::new(),
+                    },
                 ))
             })
             .optional()
         })
         .map_err(map_err)?;
-    let Some((channel, state, attempts, provider, error, created, updated, expires)) = row else {
+    let Some((channel, state, history, mut status)) = row else {
         return Ok(None);
     };
-    let state: DeliveryState = state
+    status.channel = parse_channel(channel)?;
+    status.state = state
         .parse()
         .map_err(|()| StoreError::Internal(format!("unknown delivery state {state:?}")))?;
-    let rfc = |ms| Timestamp::from_millis(ms).to_rfc3339();
-    Ok(Some(DeliveryStatus {
-        id: id.to_string(),
-        channel: parse_channel(channel)?,
-        state,
-        attempts,
-        provider,
-        error,
-        created_at: rfc(created),
-        updated_at: rfc(updated),
-        expires_at: rfc(expires),
-    }))
+    let history: Vec<StoredTry> = serde_json::from_str(&history)
+        .map_err(|e| StoreError::Internal(format!("unreadable delivery history: {e}")))?;
+    status.history = history
+        .into_iter()
+        .map(|t| HistoryEntry {
+            attempt: t.attempt,
+            at: rfc(t.at),
+            tried: t.tried,
+        })
+        .collect();
+    Ok(Some(status))
 }
 
 /// Finished jobs older than `before`, and jobs whose code expired before then (left

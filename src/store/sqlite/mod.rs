@@ -16,7 +16,7 @@ use rusqlite::{Connection, ErrorCode};
 use self::writer::Writer;
 use super::{CodeCheck, CreateOutcome, DeliveryStatus, NewCode, Store, StoreError};
 use crate::clock::Timestamp;
-use crate::delivery::{AttemptResult, DeliveryId, DeliveryJob};
+use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob};
 use crate::domain::Channel;
 use crate::domain::limits::{LimitRules, LimitRulesUpdate};
 use crate::domain::verification::CheckOutcome;
@@ -90,8 +90,7 @@ impl SqliteStore {
              PRAGMA secure_delete = ON;",
         )
         .map_err(sqlite_err)?;
-        conn.execute_batch(include_str!("schema.sql"))
-            .map_err(sqlite_err)?;
+        migrate(&conn).map_err(sqlite_err)?;
         // Jobs a previous process was sending when it died belong to nobody now.
         deliveries::requeue_orphans(&conn).map_err(sqlite_err)?;
         let writer = Writer::start(conn).map_err(|source| OpenError::Io {
@@ -103,6 +102,34 @@ impl SqliteStore {
             _lock: lock,
         })
     }
+}
+
+/// Creates the schema, and adds what later versions added to a database made before.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_column = |table: &str, column: &str| -> rusqlite::Result<bool> {
+        conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+    };
+    let existed = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? > 0;
+    if existed {
+        if !has_column("deliveries", "provider_message_id")? {
+            conn.execute_batch("ALTER TABLE deliveries ADD COLUMN provider_message_id TEXT")?;
+        }
+        if !has_column("deliveries", "history")? {
+            conn.execute_batch(
+                "ALTER TABLE deliveries ADD COLUMN history TEXT NOT NULL DEFAULT '[]'",
+            )?;
+        }
+    }
+    conn.execute_batch(include_str!("schema.sql"))
 }
 
 fn map_err(e: rusqlite::Error) -> StoreError {
@@ -152,23 +179,30 @@ impl Store for SqliteStore {
 
     async fn claim_deliveries(
         &self,
+        channel: Channel,
         now: Timestamp,
         lease_until: Timestamp,
         max: usize,
     ) -> Result<Vec<DeliveryJob>, StoreError> {
         self.writer
-            .call(move |conn| deliveries::claim(conn, now, lease_until, max))
+            .call(move |conn| deliveries::claim(conn, channel, now, lease_until, max))
+            .await
+    }
+
+    async fn next_delivery_due(&self, channel: Channel) -> Result<Option<Timestamp>, StoreError> {
+        self.writer
+            .call(move |conn| deliveries::next_due(conn, channel))
             .await
     }
 
     async fn finish_attempt(
         &self,
         id: DeliveryId,
-        result: AttemptResult,
+        report: AttemptReport,
         now: Timestamp,
     ) -> Result<(), StoreError> {
         self.writer
-            .call(move |conn| deliveries::finish(conn, id, &result, now))
+            .call(move |conn| deliveries::finish(conn, id, &report, now))
             .await
     }
 

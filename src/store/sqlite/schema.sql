@@ -52,6 +52,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
     updated_at      INTEGER NOT NULL,
     expires_at      INTEGER NOT NULL,
     next_attempt_at INTEGER NOT NULL,
-    lease_until     INTEGER
+    lease_until     INTEGER,
+    -- Added after the first release; see migrate() for databases made before.
+    provider_message_id TEXT,
+    history         TEXT    NOT NULL DEFAULT '[]'
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at);
+DROP INDEX IF EXISTS deliveries_due;
+CREATE INDEX IF NOT EXISTS deliveries_due_by_channel
+    ON deliveries (channel, state, next_attempt_at);

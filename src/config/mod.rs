@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod providers;
+
+pub use providers::{HttpUrl, ProviderSettings, WebhookTarget, required, secret_value};
+
 use crate::domain::Channel;
 use crate::domain::secret::MIN_SECRET_BYTES;
 
@@ -143,13 +147,16 @@ pub struct Config {
     )]
     pub http_auth_password: Option<Redacted>,
 
-    /// Delivery jobs sent at once by this process; 0 turns delivery off here.
+    /// Delivery jobs of each channel sent at once by this process; 0 turns delivery off here.
     #[arg(long, env = "OTP_DELIVERY_WORKERS", value_name = "OTP_DELIVERY_WORKERS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(0..=1024))]
     pub delivery_workers: u16,
 
     /// Seconds a delivery job stays with a worker before another may take it over.
     #[arg(long, env = "OTP_DELIVERY_LEASE", value_name = "OTP_DELIVERY_LEASE", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub delivery_lease: u64,
+
+    #[command(flatten)]
+    pub delivery: ProviderSettings,
 
     /// Seconds between sweeps that remove expired codes and old jobs.
     #[arg(long, env = "OTP_PURGE_INTERVAL", value_name = "OTP_PURGE_INTERVAL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -164,7 +171,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(variable: &'static str, reason: impl Into<String>) -> Self {
+    pub fn new(variable: &'static str, reason: impl Into<String>) -> Self {
         ConfigError {
             variable,
             reason: reason.into(),
@@ -182,16 +189,45 @@ impl Config {
             ));
         }
         if let Some(secret) = &self.secret {
+            if self.secret_file.is_some() {
+                return Err(ConfigError::new(
+                    "OTP_SECRET_FILE",
+                    "set OTP_SECRET or OTP_SECRET_FILE, not both",
+                ));
+            }
             if secret.0.len() < MIN_SECRET_BYTES {
                 return Err(ConfigError::new(
                     "OTP_SECRET",
                     format!("must be at least {MIN_SECRET_BYTES} bytes"),
                 ));
             }
-            if self.secret_file.is_some() {
+        }
+        for channel in Channel::ALL {
+            let names = self.providers(channel);
+            if let Some(twice) = names
+                .iter()
+                .enumerate()
+                .find_map(|(i, n)| names[..i].contains(n).then_some(n))
+            {
                 return Err(ConfigError::new(
-                    "OTP_SECRET_FILE",
-                    "set OTP_SECRET or OTP_SECRET_FILE, not both",
+                    providers_variable(channel),
+                    format!("names {} twice", twice.as_str()),
+                ));
+            }
+            // A lease shorter than a whole failover round would let a second worker take
+            // a job whose first send is still under way, and send the code twice.
+            let round = self
+                .delivery
+                .timeout()
+                .saturating_mul(names.len() as u32 + 1);
+            if self.delivery_workers > 0 && self.delivery_lease() <= round {
+                return Err(ConfigError::new(
+                    "OTP_DELIVERY_LEASE",
+                    format!(
+                        "must exceed OTP_PROVIDER_TIMEOUT times one more than the providers of {} ({} s)",
+                        providers_variable(channel),
+                        round.as_secs()
+                    ),
                 ));
             }
         }
@@ -288,10 +324,46 @@ impl FromStr for StoreUrl {
     }
 }
 
-/// Provider names; each later provider adds a variant here and a file in `delivery/`.
+/// The variable that lists `channel`'s providers.
+pub fn providers_variable(channel: Channel) -> &'static str {
+    match channel {
+        Channel::Sms => "OTP_SMS_PROVIDERS",
+        Channel::Call => "OTP_CALL_PROVIDERS",
+        Channel::Email => "OTP_EMAIL_PROVIDERS",
+        Channel::Telegram => "OTP_TELEGRAM_PROVIDERS",
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderName {
     Console,
+    Twilio,
+    Smtp,
+    Telegram,
+    Perfumer,
+    Webhook,
+}
+
+impl ProviderName {
+    const ALL: [ProviderName; 6] = [
+        ProviderName::Console,
+        ProviderName::Twilio,
+        ProviderName::Smtp,
+        ProviderName::Telegram,
+        ProviderName::Perfumer,
+        ProviderName::Webhook,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderName::Console => "console",
+            ProviderName::Twilio => "twilio",
+            ProviderName::Smtp => "smtp",
+            ProviderName::Telegram => "telegram",
+            ProviderName::Perfumer => "perfumer",
+            ProviderName::Webhook => "webhook",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,9 +376,15 @@ impl FromStr for ProviderList {
             .split(',')
             .map(str::trim)
             .filter(|n| !n.is_empty())
-            .map(|n| match n {
-                "console" => Ok(ProviderName::Console),
-                other => Err(format!("unknown provider {other:?} (available: console)")),
+            .map(|n| {
+                ProviderName::ALL
+                    .into_iter()
+                    .find(|p| p.as_str() == n)
+                    .ok_or_else(|| {
+                        format!(
+                            "unknown provider {n:?} (available: console, twilio, smtp, telegram, perfumer, webhook)"
+                        )
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         if names.is_empty() {
