@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::fakes::http::FakeHttp;
 use crate::support::TestApp;
 
 const SECRET: &str = "an-operator-secret-of-at-least-32-bytes";
@@ -343,4 +344,76 @@ async fn dummy_mode_prints_messages_to_stdout() {
     let mut otpd = otpd;
     otpd.child.kill().unwrap();
     otpd.child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn credentials_and_codes_stay_out_of_logs_and_delivery_errors() {
+    const CODE: &str = "918273";
+    const BOT_TOKEN: &str = "999:SeCrEtBoTtOkEn";
+    const HEADER_SECRET: &str = "Bearer HeAdErSeCrEt";
+    const AUTH_PASSWORD: &str = "AuThPaSsWoRd";
+    let telegram = FakeHttp::start().await;
+    telegram.respond(502, "bad gateway");
+    let gateway = FakeHttp::start().await;
+    // A careless gateway that quotes the message, code included, in its refusal.
+    gateway.respond(400, &format!("rejected message: Your code is {CODE}"));
+    let dir = tempfile::tempdir().unwrap();
+    let headers = json!({ "Authorization": HEADER_SECRET }).to_string();
+    let mut otpd = start(
+        dir.path(),
+        &[
+            ("RUST_LOG", "trace"),
+            ("OTP_TELEGRAM_PROVIDERS", "telegram,webhook"),
+            ("TELEGRAM_BOT_TOKEN", BOT_TOKEN),
+            ("TELEGRAM_API_URL", &telegram.url()),
+            ("OTP_TELEGRAM_WEBHOOK_URL", &gateway.url()),
+            ("OTP_TELEGRAM_WEBHOOK_HEADERS", &headers),
+            ("HTTP_AUTH_USERNAME", "app"),
+            ("HTTP_AUTH_PASSWORD", AUTH_PASSWORD),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let authed = |request: reqwest::RequestBuilder| async move {
+        let answer = request.basic_auth("app", Some(AUTH_PASSWORD)).send().await;
+        answer.unwrap().json::<Value>().await.unwrap()
+    };
+    let created = authed(
+        client
+            .post(format!("{}/telegram", otpd.base))
+            .json(&json!({"chat_id": "1234567890", "password": CODE})),
+    )
+    .await;
+    let id = created["content"]["id"].as_str().unwrap().to_owned();
+    let mut delivery = Value::Null;
+    for _ in 0..500 {
+        delivery = authed(client.get(format!("{}/deliveries/{id}", otpd.base))).await;
+        if delivery["content"]["state"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(delivery["content"]["state"], "failed", "{delivery}");
+    assert_eq!(
+        delivery["content"]["error"],
+        "webhook: HTTP 400: rejected message: Your code is ***"
+    );
+    // The secrets did reach the providers...
+    assert_eq!(
+        gateway.requests()[0].header("authorization"),
+        Some(HEADER_SECRET)
+    );
+    assert!(telegram.requests()[0].path.contains(BOT_TOKEN));
+    // ...and nowhere else.
+    let killed = Command::new("kill")
+        .args(["-TERM", &otpd.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    otpd.child.wait().unwrap();
+    let log: Vec<String> = otpd.stderr.try_iter().collect();
+    assert!(log.len() > 10, "trace logging was on: {log:?}");
+    let shown = format!("{log:?}{delivery}");
+    for secret in [CODE, "SeCrEtBoTtOkEn", "HeAdErSeCrEt", AUTH_PASSWORD] {
+        assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+    }
 }

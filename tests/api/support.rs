@@ -83,16 +83,7 @@ impl TestApp {
         console: Captured,
         args: Vec<String>,
     ) -> TestApp {
-        let db = dir.path().join("otpd.db");
-        let mut argv = vec![
-            "otpd".to_string(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--store".into(),
-            format!("sqlite://{}", db.display()),
-        ];
-        argv.extend(args.iter().cloned());
-        let config = Cli::try_parse_from(argv).unwrap().config;
+        let config = Cli::try_parse_from(argv(dir.path(), &args)).unwrap().config;
         let deps = Deps {
             clock: clock.clone(),
             console: ConsoleOut::to(console.clone()),
@@ -112,16 +103,8 @@ impl TestApp {
     /// Tries to start with `args`, which must be refused; returns the reason.
     pub async fn start_error(args: &[&str]) -> String {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("otpd.db");
-        let mut argv = vec![
-            "otpd".to_string(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--store".into(),
-            format!("sqlite://{}", db.display()),
-        ];
-        argv.extend(args.iter().map(|s| s.to_string()));
-        let config = match Cli::try_parse_from(argv) {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let config = match Cli::try_parse_from(argv(dir.path(), &args)) {
             Ok(cli) => cli.config,
             Err(e) => return e.to_string(),
         };
@@ -264,6 +247,20 @@ impl TestApp {
         let line = self.console.lines().pop().unwrap();
         last_code_in(&line)
     }
+}
+
+/// The command line of a test server: a free loopback port, a store in `dir`, then `args`.
+fn argv(dir: &std::path::Path, args: &[String]) -> Vec<String> {
+    let db = dir.join("otpd.db");
+    let mut argv = vec![
+        "otpd".to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--store".into(),
+        format!("sqlite://{}", db.display()),
+    ];
+    argv.extend(args.iter().cloned());
+    argv
 }
 
 /// The last run of digits in a console line: the code in the default templates. Single
