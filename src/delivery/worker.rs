@@ -165,14 +165,15 @@ impl Worker {
                 error: None,
                 message_id: None,
             };
-            let sent = tokio::time::timeout(self.settings.provider_timeout, provider.send(job))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ProviderError::Retryable(format!(
-                        "no answer within {} s",
-                        self.settings.provider_timeout.as_secs()
-                    )))
-                });
+            // On the injected clock, so a test can make a hanging provider time out.
+            let deadline = self.clock.now().plus(self.settings.provider_timeout);
+            let sent = tokio::select! {
+                sent = provider.send(job) => sent,
+                _ = self.clock.sleep_until(deadline) => Err(ProviderError::Retryable(format!(
+                    "no answer within {} s",
+                    self.settings.provider_timeout.as_secs()
+                ))),
+            };
             match sent {
                 Ok(receipt) => {
                     tracing::info!(delivery = %job.id, channel = %job.channel, provider = name, attempt = job.attempts, "delivered");

@@ -180,7 +180,7 @@ async fn a_hanging_provider_times_out_into_the_next_and_holds_up_nothing_else() 
     let stuck = FakeHttp::start().await;
     stuck.hang();
     let second = FakeHttp::start().await;
-    let t = two_provider_app(&stuck.url(), &second, &["--provider-timeout", "1"]).await;
+    let t = two_provider_app(&stuck.url(), &second, &["--provider-timeout", "5"]).await;
     let id = create_sms(&t, json!({})).await;
     stuck.wait_for_requests(1).await;
 
@@ -193,11 +193,15 @@ async fn a_hanging_provider_times_out_into_the_next_and_holds_up_nothing_else() 
     assert_eq!(email["state"], "sent");
     assert_eq!(t.delivery(&id).await["state"], "sending");
 
+    t.advance(4);
+    assert_eq!(t.delivery(&id).await["state"], "sending");
+    assert!(second.requests().is_empty(), "still waiting on the first");
+    t.advance(1);
     let d = t.finished_delivery(&id).await;
     assert_eq!(d["state"], "sent");
     assert_eq!(d["provider"], "perfumer");
     assert_eq!(d["attempts"], 1);
-    assert_eq!(d["history"][0]["error"], "no answer within 1 s");
+    assert_eq!(d["history"][0]["error"], "no answer within 5 s");
     assert_eq!(second.requests().len(), 1);
 }
 
