@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
@@ -55,9 +54,10 @@ pub struct ProviderSettings {
         long,
         env = "TWILIO_API_URL",
         value_name = "TWILIO_API_URL",
-        default_value = "https://api.twilio.com"
+        default_value = "https://api.twilio.com",
+        hide_env_values = true
     )]
-    pub twilio_api_url: HttpUrl,
+    pub twilio_api_url: Redacted,
 
     /// Language of the voice reading codes in calls (Twilio <Say language>).
     #[arg(
@@ -120,25 +120,46 @@ pub struct ProviderSettings {
         long,
         env = "TELEGRAM_API_URL",
         value_name = "TELEGRAM_API_URL",
-        default_value = "https://api.telegram.org"
+        default_value = "https://api.telegram.org",
+        hide_env_values = true
     )]
-    pub telegram_api_url: HttpUrl,
+    pub telegram_api_url: Redacted,
 
     /// perfumer: the SMS service (receives POST /sms).
-    #[arg(long, env = "OTP_SMS_URL", value_name = "OTP_SMS_URL")]
-    pub perfumer_sms_url: Option<HttpUrl>,
+    #[arg(
+        long,
+        env = "OTP_SMS_URL",
+        value_name = "OTP_SMS_URL",
+        hide_env_values = true
+    )]
+    pub perfumer_sms_url: Option<Redacted>,
 
     /// perfumer: the call service (receives POST /call).
-    #[arg(long, env = "OTP_CALL_URL", value_name = "OTP_CALL_URL")]
-    pub perfumer_call_url: Option<HttpUrl>,
+    #[arg(
+        long,
+        env = "OTP_CALL_URL",
+        value_name = "OTP_CALL_URL",
+        hide_env_values = true
+    )]
+    pub perfumer_call_url: Option<Redacted>,
 
     /// perfumer: the e-mail service (receives POST /smtp).
-    #[arg(long, env = "OTP_EMAIL_URL", value_name = "OTP_EMAIL_URL")]
-    pub perfumer_email_url: Option<HttpUrl>,
+    #[arg(
+        long,
+        env = "OTP_EMAIL_URL",
+        value_name = "OTP_EMAIL_URL",
+        hide_env_values = true
+    )]
+    pub perfumer_email_url: Option<Redacted>,
 
     /// perfumer: the Telegram notifier (receives POST /msg).
-    #[arg(long, env = "OTP_TELEGRAM_URL", value_name = "OTP_TELEGRAM_URL")]
-    pub perfumer_telegram_url: Option<HttpUrl>,
+    #[arg(
+        long,
+        env = "OTP_TELEGRAM_URL",
+        value_name = "OTP_TELEGRAM_URL",
+        hide_env_values = true
+    )]
+    pub perfumer_telegram_url: Option<Redacted>,
 
     /// perfumer: the X-Auth-Token of the Telegram notifier.
     #[arg(
@@ -165,8 +186,13 @@ pub struct ProviderSettings {
 #[derive(Debug, Clone, Args)]
 pub struct WebhookSettings {
     /// webhook: where SMS jobs are POSTed as JSON.
-    #[arg(long, env = "OTP_SMS_WEBHOOK_URL", value_name = "OTP_SMS_WEBHOOK_URL")]
-    pub sms_webhook_url: Option<HttpUrl>,
+    #[arg(
+        long,
+        env = "OTP_SMS_WEBHOOK_URL",
+        value_name = "OTP_SMS_WEBHOOK_URL",
+        hide_env_values = true
+    )]
+    pub sms_webhook_url: Option<Redacted>,
     /// webhook: extra headers for SMS, a JSON object such as {"Authorization": "Bearer ..."}.
     #[arg(
         long,
@@ -187,9 +213,10 @@ pub struct WebhookSettings {
     #[arg(
         long,
         env = "OTP_CALL_WEBHOOK_URL",
-        value_name = "OTP_CALL_WEBHOOK_URL"
+        value_name = "OTP_CALL_WEBHOOK_URL",
+        hide_env_values = true
     )]
-    pub call_webhook_url: Option<HttpUrl>,
+    pub call_webhook_url: Option<Redacted>,
     /// webhook: extra headers for calls (JSON object).
     #[arg(
         long,
@@ -210,9 +237,10 @@ pub struct WebhookSettings {
     #[arg(
         long,
         env = "OTP_EMAIL_WEBHOOK_URL",
-        value_name = "OTP_EMAIL_WEBHOOK_URL"
+        value_name = "OTP_EMAIL_WEBHOOK_URL",
+        hide_env_values = true
     )]
-    pub email_webhook_url: Option<HttpUrl>,
+    pub email_webhook_url: Option<Redacted>,
     /// webhook: extra headers for e-mail (JSON object).
     #[arg(
         long,
@@ -233,9 +261,10 @@ pub struct WebhookSettings {
     #[arg(
         long,
         env = "OTP_TELEGRAM_WEBHOOK_URL",
-        value_name = "OTP_TELEGRAM_WEBHOOK_URL"
+        value_name = "OTP_TELEGRAM_WEBHOOK_URL",
+        hide_env_values = true
     )]
-    pub telegram_webhook_url: Option<HttpUrl>,
+    pub telegram_webhook_url: Option<Redacted>,
     /// webhook: extra headers for Telegram (JSON object).
     #[arg(
         long,
@@ -346,14 +375,23 @@ impl ProviderSettings {
         )
     }
 
-    /// The perfumer service URL of `channel`, and the variable that sets it.
-    pub fn perfumer_url(&self, channel: Channel) -> (&Option<HttpUrl>, &'static str) {
-        match channel {
+    /// The perfumer service base URL of `channel`.
+    pub fn perfumer_url(&self, channel: Channel) -> Result<HttpUrl, ConfigError> {
+        let (url, variable) = match channel {
             Channel::Sms => (&self.perfumer_sms_url, "OTP_SMS_URL"),
             Channel::Call => (&self.perfumer_call_url, "OTP_CALL_URL"),
             Channel::Email => (&self.perfumer_email_url, "OTP_EMAIL_URL"),
             Channel::Telegram => (&self.perfumer_telegram_url, "OTP_TELEGRAM_URL"),
-        }
+        };
+        HttpUrl::base(required(url, variable, "perfumer")?, variable)
+    }
+
+    pub fn twilio_api_url(&self) -> Result<HttpUrl, ConfigError> {
+        HttpUrl::base(&self.twilio_api_url, "TWILIO_API_URL")
+    }
+
+    pub fn telegram_api_url(&self) -> Result<HttpUrl, ConfigError> {
+        HttpUrl::base(&self.telegram_api_url, "TELEGRAM_API_URL")
     }
 }
 
@@ -399,7 +437,7 @@ impl WebhookSettings {
                 "OTP_TELEGRAM_WEBHOOK_HEADERS_FILE",
             ),
         };
-        let url = required(url, url_var, "webhook")?.clone();
+        let url = HttpUrl::endpoint(required(url, url_var, "webhook")?, url_var)?;
         let headers = match secret_value(headers, file, headers_var, file_var)? {
             None => Vec::new(),
             Some(json) => {
@@ -431,30 +469,49 @@ fn parse_headers(json: &str) -> Result<Vec<(String, Redacted)>, String> {
         .collect()
 }
 
-/// An http:// or https:// base URL, kept without a trailing slash so paths can be
-/// appended. `Debug` and `Display` leave out any user name and password in it.
+/// An http:// or https:// URL from a setting. Settings may carry credentials (a user
+/// and password, a token in the query), so errors never repeat the value and `Display`
+/// shows only scheme, host, port and path.
 #[derive(Clone, PartialEq, Eq)]
 pub struct HttpUrl(url::Url);
 
 impl HttpUrl {
+    /// A base that paths are appended to: no query or fragment.
+    pub fn base(raw: &Redacted, variable: &'static str) -> Result<Self, ConfigError> {
+        let url = Self::endpoint(raw, variable)?;
+        if url.0.query().is_some() {
+            return Err(ConfigError::new(variable, "must not have a query string"));
+        }
+        Ok(url)
+    }
+
+    /// A URL posted to as it is; a query string is kept.
+    pub fn endpoint(raw: &Redacted, variable: &'static str) -> Result<Self, ConfigError> {
+        let url = url::Url::parse(raw.0.trim()).map_err(|e| {
+            ConfigError::new(
+                variable,
+                format!("is not a URL ({e}); expected e.g. https://host:port/path"),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(ConfigError::new(
+                variable,
+                "must be an http:// or https:// URL with a host",
+            ));
+        }
+        if url.fragment().is_some() {
+            return Err(ConfigError::new(variable, "must not have a #fragment"));
+        }
+        Ok(HttpUrl(url))
+    }
+
     /// The base with `path` appended (`path` starts with '/').
     pub fn join(&self, path: &str) -> String {
         format!("{}{path}", self.0.as_str().trim_end_matches('/'))
     }
-}
 
-impl FromStr for HttpUrl {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let url = url::Url::parse(s.trim())
-            .map_err(|e| format!("not a URL ({e}); expected e.g. https://host:port/path"))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err("must be an http:// or https:// URL with a host".into());
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err("must not have a query or fragment".into());
-        }
-        Ok(HttpUrl(url))
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
     }
 }
 
@@ -463,6 +520,7 @@ impl fmt::Display for HttpUrl {
         let mut shown = self.0.clone();
         let _ = shown.set_username("");
         let _ = shown.set_password(None);
+        shown.set_query(None);
         f.write_str(shown.as_str().trim_end_matches('/'))
     }
 }
@@ -479,12 +537,23 @@ mod tests {
 
     #[test]
     fn urls_join_paths_and_hide_credentials() {
-        let u: HttpUrl = "http://user:pw@127.0.0.1:9000/base/".parse().unwrap();
+        let setting = |s: &str| Redacted(s.to_owned());
+        let u = HttpUrl::base(&setting("http://user:pw@127.0.0.1:9000/base/"), "V").unwrap();
         assert_eq!(u.join("/sms"), "http://user:pw@127.0.0.1:9000/base/sms");
         assert_eq!(u.to_string(), "http://127.0.0.1:9000/base");
         assert!(!format!("{u:?}").contains("pw"));
-        for bad in ["ftp://x", "not a url", "http://x/?a=1", "mailto:a@b"] {
-            assert!(bad.parse::<HttpUrl>().is_err(), "{bad}");
+        let hook = HttpUrl::endpoint(&setting("https://gw/otp?token=s3cret"), "V").unwrap();
+        assert_eq!(hook.as_str(), "https://gw/otp?token=s3cret");
+        assert_eq!(hook.to_string(), "https://gw/otp");
+        for bad in [
+            "ftp://s3cret",
+            "not a url s3cret",
+            "http://x/?a=s3cret",
+            "mailto:s3cret@b",
+            "http://x/#s3cret",
+        ] {
+            let err = HttpUrl::base(&setting(bad), "V").unwrap_err();
+            assert!(!err.to_string().contains("s3cret"), "{err}");
         }
     }
 

@@ -33,15 +33,10 @@ impl Reply {
         serde_json::from_slice(&self.body).ok()
     }
 
-    /// The start of the body as text, for error messages.
+    /// The body as text, for error messages. Not cut here: the worker masks the code
+    /// first and then bounds the length, so a cut cannot split a code past the mask.
     pub fn excerpt(&self) -> String {
-        let text = String::from_utf8_lossy(&self.body);
-        let text = text.trim();
-        if text.chars().count() > 200 {
-            text.chars().take(200).collect::<String>() + "…"
-        } else {
-            text.to_owned()
-        }
+        String::from_utf8_lossy(&self.body).trim().to_owned()
     }
 }
 

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::http;
 use super::{DeliveryJob, Provider, ProviderError, Receipt};
-use crate::config::{ConfigError, ProviderSettings, Redacted, required};
+use crate::config::{ConfigError, ProviderSettings, Redacted};
 use crate::domain::Channel;
 use crate::domain::message::MessageContent;
 
@@ -26,8 +26,7 @@ impl PerfumerProvider {
         client: Client,
         channel: Channel,
     ) -> Result<Self, ConfigError> {
-        let (url, variable) = settings.perfumer_url(channel);
-        let url = required(url, variable, "perfumer")?;
+        let url = settings.perfumer_url(channel)?;
         let path = match channel {
             Channel::Sms => "/sms",
             Channel::Call => "/call",

@@ -182,6 +182,16 @@ impl SmtpProvider {
     }
 }
 
+/// A 5xx refuses this message or recipient for good, except the ones about us rather
+/// than the message (530, 534, 535, 538: authentication), which the next provider, or
+/// fixed credentials, can get past.
+fn refuses_the_message(e: &lettre::transport::smtp::Error) -> bool {
+    let about_our_credentials = e
+        .status()
+        .is_some_and(|code| matches!(code.to_string().as_str(), "530" | "534" | "535" | "538"));
+    e.is_permanent() && !about_our_credentials
+}
+
 #[async_trait]
 impl Provider for SmtpProvider {
     fn name(&self) -> &'static str {
@@ -194,8 +204,7 @@ impl Provider for SmtpProvider {
             Ok(_) => Ok(Receipt {
                 message_id: Some(message_id),
             }),
-            // 5xx: the server refused this message or recipient for good.
-            Err(e) if e.is_permanent() => Err(ProviderError::Permanent(e.to_string())),
+            Err(e) if refuses_the_message(&e) => Err(ProviderError::Permanent(e.to_string())),
             Err(e) => Err(ProviderError::Retryable(e.to_string())),
         }
     }

@@ -32,7 +32,7 @@ impl TelegramProvider {
         }
         Ok(TelegramProvider {
             client,
-            api: settings.telegram_api_url.clone(),
+            api: settings.telegram_api_url()?,
             token,
         })
     }

@@ -60,7 +60,7 @@ impl TwilioProvider {
         }
         Ok(TwilioProvider {
             client,
-            api: settings.twilio_api_url.clone(),
+            api: settings.twilio_api_url()?,
             account_sid: account_sid.clone(),
             auth_token,
             from,
@@ -181,7 +181,7 @@ mod tests {
     fn the_message_is_escaped_and_read_twice() {
         let provider = TwilioProvider {
             client: Client::new(),
-            api: "https://api.twilio.com".parse().unwrap(),
+            api: HttpUrl::base(&Redacted("https://api.twilio.com".into()), "T").unwrap(),
             account_sid: "AC1".into(),
             auth_token: Redacted("t".into()),
             from: Some("+1500".into()),

@@ -25,7 +25,7 @@ impl WebhookProvider {
         let target = settings.webhooks.target(channel)?;
         Ok(WebhookProvider {
             client,
-            url: target.url.join(""),
+            url: target.url.as_str().to_owned(),
             headers: target.headers,
         })
     }

@@ -80,23 +80,25 @@ impl Worker {
 
     async fn run(self: Arc<Self>, channel: Channel, mut shutdown: watch::Receiver<bool>) {
         let mut in_flight = JoinSet::new();
-        while !*shutdown.borrow() {
-            while in_flight.try_join_next().is_some() {}
+        while !stopping(&shutdown) {
+            while let Some(done) = in_flight.try_join_next() {
+                log_panic(channel, done);
+            }
             let free = self.settings.concurrency.saturating_sub(in_flight.len());
             if free == 0 {
                 tokio::select! {
-                    _ = in_flight.join_next() => {}
+                    Some(done) = in_flight.join_next() => log_panic(channel, done),
                     _ = shutdown.changed() => {}
                 }
                 continue;
             }
             let now = self.clock.now();
             let lease_until = now.plus(self.settings.lease);
-            match self
+            let claimed = self
                 .store
                 .claim_deliveries(channel, now, lease_until, free)
-                .await
-            {
+                .await;
+            let next_due = match claimed {
                 Ok(jobs) => {
                     let full = jobs.len() == free;
                     for job in jobs {
@@ -106,16 +108,16 @@ impl Worker {
                     if full {
                         continue;
                     }
+                    self.store.next_delivery_due(channel).await
                 }
-                Err(e) => tracing::warn!(%channel, error = %e, "cannot take delivery jobs"),
-            }
-            let next_due = match self.store.next_delivery_due(channel).await {
-                Ok(due) => due,
-                Err(e) => {
-                    tracing::warn!(%channel, error = %e, "cannot read the outbox");
-                    None
-                }
+                Err(e) => Err(e),
             };
+            // After a store error, only the poll interval: due jobs would look due at once
+            // and the loop would spin against a store that keeps failing.
+            let next_due = next_due.unwrap_or_else(|e| {
+                tracing::warn!(%channel, error = %e, "cannot take delivery jobs");
+                None
+            });
             let clock = Arc::clone(&self.clock);
             let due = async move {
                 match next_due {
@@ -127,12 +129,14 @@ impl Worker {
                 _ = self.wakeups.get(channel).notified() => {}
                 _ = due => {}
                 // A finished attempt may have queued a retry sooner than `next_due`.
-                Some(_) = in_flight.join_next() => {}
+                Some(done) = in_flight.join_next() => log_panic(channel, done),
                 _ = tokio::time::sleep(self.settings.poll_interval) => {}
                 _ = shutdown.changed() => {}
             }
         }
-        while in_flight.join_next().await.is_some() {}
+        while let Some(done) = in_flight.join_next().await {
+            log_panic(channel, done);
+        }
     }
 
     async fn deliver(&self, job: DeliveryJob) {
@@ -213,6 +217,18 @@ impl Worker {
             },
         };
         report(result, tries)
+    }
+}
+
+/// True once shutdown was asked for, or nobody is left to ask (the app was dropped).
+fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
+    *shutdown.borrow() || shutdown.has_changed().is_err()
+}
+
+/// A send that panicked leaves its job leased; it is taken again when the lease ends.
+fn log_panic(channel: Channel, done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!(%channel, error = %e, "a delivery task failed; its job will be taken again after the lease");
     }
 }
 

@@ -292,6 +292,27 @@ async fn smtp_takes_its_password_from_a_file_and_a_refused_recipient_fails_at_on
         Some(("mailer".into(), "from-a-file".into()))
     );
 
+    // Credentials the server refuses say nothing about the message: next provider.
+    let wrong = format!("smtp://mailer:wrong@127.0.0.1:{}?tls=none", smtp.port());
+    let other = TestApp::spawn_with(&[
+        "--email-providers",
+        "smtp,console",
+        "--smtp-url",
+        &wrong,
+        "--smtp-from",
+        "no-reply@example.com",
+    ])
+    .await;
+    let d = send(
+        &other,
+        "email",
+        json!({"email": "a@example.com", "password": "1112"}),
+    )
+    .await;
+    assert_eq!(d["provider"], "console");
+    assert_eq!(d["history"][0]["provider"], "smtp");
+    assert_eq!(d["history"][0]["outcome"], "retryable");
+
     smtp.reject_recipients(550, "5.1.1 no such mailbox");
     let d = send(
         &t,
@@ -301,6 +322,7 @@ async fn smtp_takes_its_password_from_a_file_and_a_refused_recipient_fails_at_on
     .await;
     assert_eq!(d["state"], "failed");
     assert_eq!(d["attempts"], 1);
+    assert_eq!(d["provider"], "smtp");
     let error = d["error"].as_str().unwrap();
     assert!(error.contains("no such mailbox"), "{error}");
 }
@@ -550,6 +572,16 @@ async fn a_provider_missing_a_setting_stops_the_start_naming_the_variable() {
     ])
     .await;
     assert!(error.starts_with("OTP_DELIVERY_LEASE"), "{error}");
+    // A bad URL is named, never repeated: it may carry credentials.
+    let error = TestApp::start_error(&[
+        "--sms-providers",
+        "webhook",
+        "--sms-webhook-url",
+        "ftp://user:s3cret@gateway/?token=s3cret",
+    ])
+    .await;
+    assert!(error.starts_with("OTP_SMS_WEBHOOK_URL"), "{error}");
+    assert!(!error.contains("s3cret"), "{error}");
     // A secret file that cannot be read is named, and its content never shown.
     let error = TestApp::start_error(&[
         "--telegram-providers",

@@ -282,3 +282,35 @@ async fn a_job_whose_process_died_mid_send_is_sent_by_the_next_one() {
     second.child.kill().unwrap();
     second.child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn a_job_no_worker_sent_is_expired_and_erased_by_the_purger() {
+    let t = TestApp::spawn_with(&["--delivery-workers", "0"]).await;
+    let id = create_sms(&t, json!({"lifetime": 30})).await;
+    assert!(stored_message(&t, &id).is_some());
+    t.advance(31);
+    t.app().purge_expired().await.unwrap();
+    let d = t.delivery(&id).await;
+    assert_eq!(d["state"], "expired");
+    assert_eq!(stored_message(&t, &id), None);
+}
+
+#[tokio::test]
+async fn a_damaged_job_fails_alone_and_its_channel_keeps_sending() {
+    let t = TestApp::spawn_with(&["--delivery-workers", "0"]).await;
+    let damaged = create_sms(&t, json!({})).await;
+    let fine = create_sms(&t, json!({"phone": "77017654321"})).await;
+    let db = rusqlite::Connection::open(t.db_path()).unwrap();
+    db.execute(
+        "UPDATE deliveries SET payload = 'not json' WHERE id = ?1",
+        [&damaged],
+    )
+    .unwrap();
+    drop(db);
+    let t = t.restart_with(Vec::new()).await;
+    assert_eq!(t.finished_delivery(&fine).await["state"], "sent");
+    let d = t.finished_delivery(&damaged).await;
+    assert_eq!(d["state"], "failed");
+    assert_eq!(d["error"], "the stored job could not be read");
+    assert_eq!(stored_message(&t, &damaged), None);
+}

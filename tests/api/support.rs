@@ -115,13 +115,19 @@ impl TestApp {
     }
 
     /// Stops the server cleanly and starts a new one on the same data directory.
-    pub async fn restart(mut self) -> TestApp {
+    pub async fn restart(self) -> TestApp {
+        let args = self.args.clone();
+        self.restart_with(args).await
+    }
+
+    /// Like `restart`, with other settings.
+    pub async fn restart_with(mut self, args: Vec<String>) -> TestApp {
         self.app.take().unwrap().shutdown().await;
         TestApp::start(
             self.dir.clone(),
             self.clock.clone(),
             self.console.clone(),
-            self.args.clone(),
+            args,
         )
         .await
     }

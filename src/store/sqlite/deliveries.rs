@@ -62,16 +62,7 @@ pub(super) fn claim(
         return Ok(Vec::new());
     }
     let now = now.millis();
-    // A code that has expired is worthless to its recipient: do not send it late.
-    conn.prepare_cached(
-        "UPDATE deliveries
-         SET state = 'expired', payload = NULL, lease_until = NULL, updated_at = ?1,
-             error = 'the code expired before it could be delivered'
-         WHERE channel = ?2 AND state IN ('queued', 'sending') AND expires_at <= ?1
-           AND (state = 'queued' OR lease_until <= ?1)",
-    )
-    .and_then(|mut s| s.execute(params![now, channel.as_str()]))
-    .map_err(map_err)?;
+    expire_lapsed(conn, Some(channel), Timestamp::from_millis(now))?;
     let mut stmt = conn
         .prepare_cached(
             "UPDATE deliveries
@@ -95,10 +86,47 @@ pub(super) fn claim(
         ])
         .map_err(map_err)?;
     let mut jobs = Vec::new();
+    let mut unreadable = Vec::new();
     while let Some(row) = rows.next().map_err(map_err)? {
-        jobs.push(job_from_row(row)?);
+        match job_from_row(row) {
+            Ok(job) => jobs.push(job),
+            Err(e) => {
+                // One damaged row must not stop its whole channel: it fails alone.
+                tracing::error!(error = %e, "a delivery job cannot be read; marking it failed");
+                unreadable.push(row.get::<_, String>(0).map_err(map_err)?);
+            }
+        }
+    }
+    drop(rows);
+    for id in unreadable {
+        conn.prepare_cached(
+            "UPDATE deliveries SET state = 'failed', payload = NULL, lease_until = NULL,
+                 error = 'the stored job could not be read', updated_at = ?2
+             WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![id, now]))
+        .map_err(map_err)?;
     }
     Ok(jobs)
+}
+
+/// A code that has expired is worthless to its recipient: its job ends `expired`, and its
+/// message is erased, whether or not a worker is running (`channel`: all when `None`).
+fn expire_lapsed(
+    conn: &Connection,
+    channel: Option<Channel>,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE deliveries
+         SET state = 'expired', payload = NULL, lease_until = NULL, updated_at = ?1,
+             error = 'the code expired before it could be delivered'
+         WHERE (?2 IS NULL OR channel = ?2) AND state IN ('queued', 'sending')
+           AND expires_at <= ?1 AND (state = 'queued' OR lease_until <= ?1)",
+    )
+    .and_then(|mut s| s.execute(params![now.millis(), channel.map(Channel::as_str)]))
+    .map_err(map_err)?;
+    Ok(())
 }
 
 pub(super) fn next_due(
@@ -190,7 +218,14 @@ pub(super) fn finish(
             Some(error),
             Some(at.millis()),
         ),
-        AttemptResult::Failed { error } => (DeliveryState::Failed, None, None, Some(error), None),
+        // The provider that refused the message is the one to show.
+        AttemptResult::Failed { error } => (
+            DeliveryState::Failed,
+            report.tries.last().map(|t| &t.provider),
+            None,
+            Some(error),
+            None,
+        ),
         AttemptResult::Expired { error } => (DeliveryState::Expired, None, None, Some(error), None),
     };
     conn.prepare_cached(
@@ -229,9 +264,17 @@ fn append_history(
         at: now.millis(),
         tried: tried.clone(),
     }));
+    // A long-lived code retried for hours would grow this without end; the first
+    // entries and the latest are what an operator reads.
+    if entries.len() > MAX_HISTORY {
+        entries.drain(KEEP_FIRST..entries.len() - (MAX_HISTORY - KEEP_FIRST));
+    }
     serde_json::to_string(&entries)
         .map_err(|e| StoreError::Internal(format!("cannot encode a delivery history: {e}")))
 }
+
+const MAX_HISTORY: usize = 50;
+const KEEP_FIRST: usize = 10;
 
 /// A history entry as kept in the `history` column.
 #[derive(Serialize, Deserialize)]
@@ -303,7 +346,12 @@ pub(super) fn status(
 
 /// Finished jobs older than `before`, and jobs whose code expired before then (left
 /// queued when no worker ran).
-pub(super) fn purge(conn: &Connection, before: Timestamp) -> Result<u64, StoreError> {
+pub(super) fn purge(
+    conn: &Connection,
+    now: Timestamp,
+    before: Timestamp,
+) -> Result<u64, StoreError> {
+    expire_lapsed(conn, None, now)?;
     let n = conn
         .execute(
             "DELETE FROM deliveries

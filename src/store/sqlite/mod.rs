@@ -217,7 +217,7 @@ impl Store for SqliteStore {
             .call(move |conn| {
                 let mut purged = codes::purge(conn, now)?;
                 purged += limits::purge_sends(conn, now)?;
-                purged += deliveries::purge(conn, now.minus(FINISHED_DELIVERY_RETENTION))?;
+                purged += deliveries::purge(conn, now, now.minus(FINISHED_DELIVERY_RETENTION))?;
                 Ok(purged)
             })
             .await
