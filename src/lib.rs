@@ -2,6 +2,7 @@
 //! domain service, the HTTP server and the background workers from a `Config`; `main`
 //! and the integration tests both use it.
 
+pub mod bot;
 pub mod clock;
 pub mod config;
 pub mod delivery;
@@ -16,9 +17,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::bot::api::BotApi;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError, StoreUrl, secret_value};
+use crate::config::{Config, ConfigError, ProviderName, StoreUrl, UpdatesMode, secret_value};
 use crate::delivery::{ConsoleOut, DeliverySettings, Wakeups, Worker, build_chains};
+use crate::domain::Channel;
+use crate::domain::link::{LinkSettings, TelegramLink};
 use crate::domain::secret::Secret;
 use crate::domain::service::{CodeSettings, OtpService};
 use crate::store::{SharedStore, SqliteStore, StoreError};
@@ -82,7 +86,20 @@ impl App {
             None => Secret::load_or_create(&path.with_file_name("otpd.secret"))?,
         };
         // Built before binding: a provider missing a setting stops the start here.
+        let secret = Arc::new(secret);
         let chains = build_chains(&config, &deps.console)?;
+        let webhook = http::WebhookSettings {
+            mode: config.bot.telegram_updates,
+            secret: config.bot.webhook_secret()?,
+        };
+        // Needed before binding, so that a missing token stops the start.
+        let poller = match webhook.mode {
+            UpdatesMode::Polling => Some(BotApi::from_settings(
+                &config.delivery,
+                "when TELEGRAM_UPDATES=polling",
+            )?),
+            _ => None,
+        };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Listen {
@@ -105,16 +122,45 @@ impl App {
         let otp = Arc::new(OtpService::new(
             store.clone(),
             deps.clock.clone(),
-            secret,
+            secret.clone(),
             settings,
             wakeups.clone(),
         ));
+        let link = Arc::new(
+            TelegramLink::new(
+                store.clone(),
+                deps.clock.clone(),
+                secret,
+                LinkSettings {
+                    code_length: config.bot.telegram_code_length,
+                    lifetime: config.bot.lifetime(),
+                    template: config.bot.telegram_template.clone(),
+                    failures_per_10_minutes: config.bot.target_failures,
+                },
+                wakeups.clone(),
+            )
+            .map_err(|reason| ConfigError::new("OTP_TARGET_FAILURES", reason))?,
+        );
+        if webhook.mode == UpdatesMode::Webhook && webhook.secret.is_none() {
+            let telegram_is_real = config
+                .providers(Channel::Telegram)
+                .iter()
+                .any(|p| *p != ProviderName::Console);
+            if config.basic_auth().is_some() || telegram_is_real {
+                tracing::warn!(
+                    "TELEGRAM_WEBHOOK_SECRET is not set: anyone who can reach POST /telegram/webhook \
+                     (which Basic auth does not cover) can make the bot send codes"
+                );
+            }
+        }
         let auth = config
             .basic_auth()
             .map(|(user, pass)| http::BasicAuth::new(user, pass));
         let router = http::router(
             http::AppState {
                 otp,
+                link: link.clone(),
+                webhook: Arc::new(webhook),
                 store: store.clone(),
             },
             auth,
@@ -123,7 +169,8 @@ impl App {
         let (shutdown, _) = watch::channel(false);
         let mut stop = shutdown.subscribe();
         let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            let serve = axum::serve(listener, service).with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|s| *s).await;
             });
             if let Err(e) = serve.await {
@@ -148,6 +195,13 @@ impl App {
                 wakeups,
             ));
             background.extend(worker.spawn(&shutdown.subscribe()));
+        }
+        if let Some(api) = poller {
+            background.push(tokio::spawn(bot::polling::run(
+                api,
+                link,
+                shutdown.subscribe(),
+            )));
         }
         background.push(tokio::spawn(purge_loop(
             store.clone(),

@@ -2,7 +2,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use otpd::config::{Cli, Command};
+use otpd::config::{Cli, Command, TelegramCommand};
 use otpd::{App, Deps};
 use tracing_subscriber::EnvFilter;
 
@@ -33,6 +33,20 @@ async fn main() -> ExitCode {
 
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
+        Command::Telegram { command } => telegram(&command, &cli.config).await,
+    }
+}
+
+async fn telegram(command: &TelegramCommand, config: &otpd::config::Config) -> ExitCode {
+    match otpd::bot::cli::run(command, config).await {
+        Ok(done) => {
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("otpd: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -9,8 +9,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 mod providers;
+mod telegram;
 
 pub use providers::{HttpUrl, ProviderSettings, WebhookTarget, required, secret_value};
+pub use telegram::{BotSettings, UpdatesMode};
 
 use crate::domain::Channel;
 use crate::domain::secret::MIN_SECRET_BYTES;
@@ -32,6 +34,28 @@ pub struct Cli {
 pub enum Command {
     /// Serve the API (the default).
     Serve,
+    /// Set up the Telegram bot (uses TELEGRAM_BOT_TOKEN and TELEGRAM_API_URL).
+    Telegram {
+        #[command(subcommand)]
+        command: TelegramCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TelegramCommand {
+    /// Point Telegram at this service's webhook, with TELEGRAM_WEBHOOK_SECRET as the secret token.
+    SetWebhook {
+        /// The public HTTPS URL of POST /telegram/webhook, e.g. https://otp.example.com/telegram/webhook.
+        #[arg(long)]
+        url: String,
+        /// Drop the updates Telegram has queued for the bot.
+        #[arg(long)]
+        drop_pending_updates: bool,
+    },
+    /// Remove the webhook (needed before TELEGRAM_UPDATES=polling).
+    DeleteWebhook,
+    /// Show the bot (getMe) and its webhook (getWebhookInfo).
+    Info,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -158,6 +182,9 @@ pub struct Config {
     #[command(flatten)]
     pub delivery: ProviderSettings,
 
+    #[command(flatten)]
+    pub bot: BotSettings,
+
     /// Seconds between sweeps that remove expired codes and old jobs.
     #[arg(long, env = "OTP_PURGE_INTERVAL", value_name = "OTP_PURGE_INTERVAL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub purge_interval: u64,
@@ -231,6 +258,7 @@ impl Config {
                 ));
             }
         }
+        self.bot.validate()?;
         match (self.auth_username(), self.auth_password()) {
             (Some(_), None) => {
                 return Err(ConfigError::new(

@@ -2,7 +2,7 @@
 
 mod chains;
 mod console;
-mod http;
+pub(crate) mod http;
 mod perfumer;
 mod smtp;
 mod telegram;

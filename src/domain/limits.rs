@@ -167,6 +167,8 @@ pub struct LimitRulesUpdate {
 pub enum LimitKind {
     Ip,
     Target,
+    /// Wrong codes given to `/target`, per ip.
+    FailedLookup,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

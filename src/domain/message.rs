@@ -1,5 +1,7 @@
 //! What is sent: per-channel templates with a `{password}` placeholder.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::code::Password;
@@ -122,6 +124,28 @@ impl Templates {
     }
 }
 
+/// The Telegram bot's reply: `{password}` is the code, `{lifetime}` how long it lasts
+/// in words ("5 minutes"). The template was checked at start.
+pub fn link_message(template: &str, password: &Password, lifetime: Duration) -> MessageContent {
+    MessageContent::Text {
+        text: template
+            .replace(PLACEHOLDER, password.reveal())
+            .replace("{lifetime}", &in_words(lifetime)),
+    }
+}
+
+fn in_words(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (n, unit) = if secs >= 3600 && secs.is_multiple_of(3600) {
+        (secs / 3600, "hour")
+    } else if secs >= 60 && secs.is_multiple_of(60) {
+        (secs / 60, "minute")
+    } else {
+        (secs, "second")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +180,24 @@ mod tests {
                 text: "Your OTP is 4242".into()
             }
         );
+    }
+
+    #[test]
+    fn the_bot_says_the_code_and_its_lifetime_in_words() {
+        let m = link_message(
+            "Code {password}, valid {lifetime}",
+            &code(),
+            Duration::from_secs(300),
+        );
+        assert_eq!(
+            m,
+            MessageContent::Text {
+                text: "Code 4242, valid 5 minutes".into()
+            }
+        );
+        assert_eq!(in_words(Duration::from_secs(3600)), "1 hour");
+        assert_eq!(in_words(Duration::from_secs(90)), "90 seconds");
+        assert_eq!(in_words(Duration::from_secs(60)), "1 minute");
     }
 
     #[test]

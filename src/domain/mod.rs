@@ -4,6 +4,7 @@
 pub mod channel;
 pub mod code;
 pub mod limits;
+pub mod link;
 pub mod message;
 pub mod secret;
 pub mod service;

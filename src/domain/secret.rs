@@ -66,6 +66,13 @@ impl Secret {
         ]))
     }
 
+    /// The hash of a code the Telegram bot handed out. It covers the code alone, since
+    /// `/target` finds the chat from the code; the "link" part keeps it apart from
+    /// every `code_hash`.
+    pub fn link_hash(&self, code: &Password) -> CodeHash {
+        CodeHash(self.mac(&[b"link", code.reveal().as_bytes()]))
+    }
+
     /// HMAC over the parts, each followed by a NUL so that no two different part lists
     /// produce the same input (targets and codes never contain NUL).
     fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {

@@ -60,7 +60,7 @@ pub enum OtpError {
 pub struct OtpService {
     store: SharedStore,
     clock: Arc<dyn Clock>,
-    secret: Secret,
+    secret: Arc<Secret>,
     settings: CodeSettings,
     delivery_wakeup: Arc<Wakeups>,
 }
@@ -69,7 +69,7 @@ impl OtpService {
     pub fn new(
         store: SharedStore,
         clock: Arc<dyn Clock>,
-        secret: Secret,
+        secret: Arc<Secret>,
         settings: CodeSettings,
         delivery_wakeup: Arc<Wakeups>,
     ) -> Self {

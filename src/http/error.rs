@@ -141,7 +141,7 @@ impl From<OtpError> for ApiError {
             OtpError::IpRequired => ApiError::MissingParameter("ip"),
             OtpError::Limited { channel, kind, hit } => {
                 let subject = match kind {
-                    LimitKind::Ip => "ip",
+                    LimitKind::Ip | LimitKind::FailedLookup => "ip",
                     LimitKind::Target => channel.target_field(),
                 };
                 let status_code = match subject {

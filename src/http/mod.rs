@@ -6,6 +6,7 @@ mod limits;
 mod otp;
 pub mod params;
 mod status;
+mod telegram;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,14 +20,18 @@ use axum::routing::{get, post};
 pub use auth::BasicAuth;
 use error::ApiError;
 use params::Params;
+pub use telegram::WebhookSettings;
 
 use crate::domain::Channel;
+use crate::domain::link::TelegramLink;
 use crate::domain::service::OtpService;
 use crate::store::SharedStore;
 
 #[derive(Clone)]
 pub struct AppState {
     pub otp: Arc<OtpService>,
+    pub link: Arc<TelegramLink>,
+    pub webhook: Arc<WebhookSettings>,
     pub store: SharedStore,
 }
 
@@ -34,7 +39,9 @@ pub fn router(state: AppState, auth: Option<BasicAuth>) -> Router {
     let mut router = Router::new()
         .route("/health", get(status::health))
         .route("/ready", get(status::ready))
-        .route("/deliveries/{id}", get(status::delivery));
+        .route("/deliveries/{id}", get(status::delivery))
+        .route("/telegram/webhook", post(telegram::webhook))
+        .route("/target", get(telegram::target).post(telegram::target));
     for ch in Channel::ALL {
         let check = move |s: State<AppState>, p: Params| otp::check(s, ch, p);
         let show_limits = move |s: State<AppState>| limits::show(s, ch);

@@ -29,14 +29,14 @@ fn target(params: &Params, channel: Channel) -> Result<Target, ApiError> {
     Ok(Target::parse(channel, &raw)?)
 }
 
-fn password(params: &Params) -> Result<Option<Password>, ApiError> {
+pub(super) fn password(params: &Params) -> Result<Option<Password>, ApiError> {
     Ok(params
         .text_or_number("password")?
         .map(|p| Password::parse(&p))
         .transpose()?)
 }
 
-fn ip(params: &Params) -> Result<Option<IpAddr>, ApiError> {
+pub(super) fn ip(params: &Params) -> Result<Option<IpAddr>, ApiError> {
     params
         .text("ip")?
         .map(|raw| {

@@ -15,7 +15,7 @@ use crate::clock::Timestamp;
 use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob, DeliveryState, ProviderTry};
 use crate::domain::Channel;
 use crate::domain::code::Password;
-use crate::domain::limits::{LimitHit, LimitKind, LimitRules, LimitRulesUpdate};
+use crate::domain::limits::{LimitHit, LimitKind, LimitRules, LimitRulesUpdate, RuleSet};
 use crate::domain::message::MessageContent;
 use crate::domain::secret::CodeHash;
 use crate::domain::verification::CheckOutcome;
@@ -52,6 +52,43 @@ pub enum CreateOutcome {
     /// IP rules exist for the channel but the request named no `ip`.
     IpRequired,
     Limited(LimitKind, LimitHit),
+}
+
+/// A code the Telegram bot hands to a chat: `code.hash` is the code-only `link_hash`,
+/// `code.target` the chat id. Written with its delivery job, like any code.
+#[derive(Debug, Clone)]
+pub struct NewLinkCode {
+    pub code: NewCode,
+    /// The Telegram update that asked for it, so that a redelivered update is not
+    /// handled twice.
+    pub update_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkCodeOutcome {
+    Created,
+    /// The update was handled before.
+    AlreadyHandled,
+    /// Another chat holds a live code with the same digits: draw again.
+    CodeTaken,
+    Limited(LimitHit),
+}
+
+#[derive(Debug, Clone)]
+pub struct LinkLookup {
+    pub hash: CodeHash,
+    /// Who is asking: failures are counted against it.
+    pub ip: String,
+    pub now: Timestamp,
+    pub failure_rules: RuleSet,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkLookupOutcome {
+    /// The chat the code was sent to; the code is spent.
+    Found(String),
+    NotFound,
+    Limited(LimitHit),
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +172,19 @@ pub trait Store: Send + Sync {
         report: AttemptReport,
         now: Timestamp,
     ) -> Result<(), StoreError>;
+
+    /// Checks the chat's send limits, replaces the chat's previous bot code, stores the
+    /// new one with its delivery job and marks the update handled, all or nothing.
+    async fn create_link_code(&self, code: NewLinkCode) -> Result<LinkCodeOutcome, StoreError>;
+
+    /// Marks an update handled that needs nothing done; false if it was handled before.
+    async fn record_update(&self, update_id: i64, now: Timestamp) -> Result<bool, StoreError>;
+
+    /// The newest update handled, where long polling resumes.
+    async fn last_update_id(&self) -> Result<Option<i64>, StoreError>;
+
+    /// Finds and spends the bot code, or counts a failure against the ip.
+    async fn take_link_code(&self, lookup: LinkLookup) -> Result<LinkLookupOutcome, StoreError>;
 
     async fn delivery(&self, id: DeliveryId) -> Result<Option<DeliveryStatus>, StoreError>;
 

@@ -14,6 +14,7 @@ fn kind_str(kind: LimitKind) -> &'static str {
     match kind {
         LimitKind::Ip => "ip",
         LimitKind::Target => "target",
+        LimitKind::FailedLookup => "failed_lookup",
     }
 }
 

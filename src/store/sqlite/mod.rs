@@ -4,6 +4,7 @@
 mod codes;
 mod deliveries;
 mod limits;
+mod links;
 mod writer;
 
 use std::fs::{self, File};
@@ -14,7 +15,10 @@ use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode};
 
 use self::writer::Writer;
-use super::{CodeCheck, CreateOutcome, DeliveryStatus, NewCode, Store, StoreError};
+use super::{
+    CodeCheck, CreateOutcome, DeliveryStatus, LinkCodeOutcome, LinkLookup, LinkLookupOutcome,
+    NewCode, NewLinkCode, Store, StoreError,
+};
 use crate::clock::Timestamp;
 use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob};
 use crate::domain::Channel;
@@ -206,6 +210,28 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn create_link_code(&self, code: NewLinkCode) -> Result<LinkCodeOutcome, StoreError> {
+        self.writer
+            .call(move |conn| links::create(conn, &code))
+            .await
+    }
+
+    async fn record_update(&self, update_id: i64, now: Timestamp) -> Result<bool, StoreError> {
+        self.writer
+            .call(move |conn| links::record_update(conn, update_id, now))
+            .await
+    }
+
+    async fn last_update_id(&self) -> Result<Option<i64>, StoreError> {
+        self.writer.call(links::last_update_id).await
+    }
+
+    async fn take_link_code(&self, lookup: LinkLookup) -> Result<LinkLookupOutcome, StoreError> {
+        self.writer
+            .call(move |conn| links::take(conn, &lookup))
+            .await
+    }
+
     async fn delivery(&self, id: DeliveryId) -> Result<Option<DeliveryStatus>, StoreError> {
         self.writer
             .call(move |conn| deliveries::status(conn, id))
@@ -217,6 +243,7 @@ impl Store for SqliteStore {
             .call(move |conn| {
                 let mut purged = codes::purge(conn, now)?;
                 purged += limits::purge_sends(conn, now)?;
+                purged += links::purge(conn, now)?;
                 purged += deliveries::purge(conn, now, now.minus(FINISHED_DELIVERY_RETENTION))?;
                 Ok(purged)
             })

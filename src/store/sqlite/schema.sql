@@ -60,3 +60,19 @@ CREATE TABLE IF NOT EXISTS deliveries (
 DROP INDEX IF EXISTS deliveries_due;
 CREATE INDEX IF NOT EXISTS deliveries_due_by_channel
     ON deliveries (channel, state, next_attempt_at);
+
+-- Codes the Telegram bot handed out, found by the code alone (GET /target): the hash is
+-- of the code only, so it is unique among live codes.
+CREATE TABLE IF NOT EXISTS link_codes (
+    hash       BLOB    PRIMARY KEY,
+    chat_id    TEXT    NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS link_codes_by_chat ON link_codes (chat_id);
+
+-- Telegram updates already handled: a webhook call Telegram repeats, or updates polled
+-- again after a restart, are not handled twice. The newest is where polling resumes.
+CREATE TABLE IF NOT EXISTS telegram_updates (
+    update_id  INTEGER PRIMARY KEY,
+    handled_at INTEGER NOT NULL
+);

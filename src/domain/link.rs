@@ -1,0 +1,148 @@
+//! Linking a Telegram chat to an application: the bot hands a chat a code, the
+//! application trades the code (typed by its user) for the chat id at `/target`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::Channel;
+use super::code::Password;
+use super::limits::{LimitHit, Rule, RuleSet};
+use super::message::link_message;
+use super::secret::Secret;
+use crate::clock::Clock;
+use crate::delivery::{DeliveryId, Wakeups};
+use crate::store::{
+    LinkCodeOutcome, LinkLookup, LinkLookupOutcome, NewCode, NewLinkCode, SharedStore, StoreError,
+};
+
+/// Drawing a code that a live one already has is rare (8 digits against a few live
+/// codes); drawing it this many times in a row means something else is wrong.
+const DRAWS: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    pub code_length: u8,
+    pub lifetime: Duration,
+    pub template: String,
+    /// Wrong `/target` codes per ip in ten minutes.
+    pub failures_per_10_minutes: u32,
+}
+
+/// What became of a chat's request for a code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeRequest {
+    Sent,
+    AlreadyHandled,
+    Limited(LimitHit),
+}
+
+pub struct TelegramLink {
+    store: SharedStore,
+    clock: Arc<dyn Clock>,
+    secret: Arc<Secret>,
+    settings: LinkSettings,
+    failure_rules: RuleSet,
+    wakeups: Arc<Wakeups>,
+    failed_lookups: AtomicU64,
+}
+
+impl TelegramLink {
+    pub fn new(
+        store: SharedStore,
+        clock: Arc<dyn Clock>,
+        secret: Arc<Secret>,
+        settings: LinkSettings,
+        wakeups: Arc<Wakeups>,
+    ) -> Result<Self, String> {
+        let rule = Rule::new(10, i64::from(settings.failures_per_10_minutes))?;
+        let failure_rules =
+            RuleSet::new(vec![rule], "OTP_TARGET_FAILURES").map_err(|e| e.reason)?;
+        Ok(TelegramLink {
+            store,
+            clock,
+            secret,
+            settings,
+            failure_rules,
+            wakeups,
+            failed_lookups: AtomicU64::new(0),
+        })
+    }
+
+    /// Hands `chat_id` a fresh code (replacing its previous one) and queues the reply.
+    pub async fn code_for_chat(
+        &self,
+        chat_id: i64,
+        update_id: Option<i64>,
+    ) -> Result<CodeRequest, StoreError> {
+        for _ in 0..DRAWS {
+            let password = Password::generate(self.settings.code_length);
+            let now = self.clock.now();
+            let code = NewCode {
+                channel: Channel::Telegram,
+                target: chat_id.to_string(),
+                hash: self.secret.link_hash(&password),
+                ip: None,
+                now,
+                expires_at: now.plus(self.settings.lifetime),
+                max_active: 1,
+                delivery_id: DeliveryId::random(),
+                content: link_message(&self.settings.template, &password, self.settings.lifetime),
+                code: password,
+            };
+            let outcome = self
+                .store
+                .create_link_code(NewLinkCode { code, update_id })
+                .await?;
+            return Ok(match outcome {
+                LinkCodeOutcome::Created => {
+                    self.wakeups.notify(Channel::Telegram);
+                    CodeRequest::Sent
+                }
+                LinkCodeOutcome::AlreadyHandled => CodeRequest::AlreadyHandled,
+                LinkCodeOutcome::Limited(hit) => CodeRequest::Limited(hit),
+                LinkCodeOutcome::CodeTaken => continue,
+            });
+        }
+        Err(StoreError::Internal(format!(
+            "{DRAWS} codes in a row were already live; is OTP_TELEGRAM_CODE_LENGTH too short?"
+        )))
+    }
+
+    /// Notes an update that asks for nothing, so polling does not fetch it again.
+    pub async fn skip_update(&self, update_id: i64) -> Result<(), StoreError> {
+        self.store
+            .record_update(update_id, self.clock.now())
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn last_update_id(&self) -> Result<Option<i64>, StoreError> {
+        self.store.last_update_id().await
+    }
+
+    /// The chat a code was sent to, spending the code; wrong codes count against `ip`.
+    pub async fn take(
+        &self,
+        password: &Password,
+        ip: String,
+    ) -> Result<LinkLookupOutcome, StoreError> {
+        let lookup = LinkLookup {
+            hash: self.secret.link_hash(password),
+            ip,
+            now: self.clock.now(),
+            failure_rules: self.failure_rules.clone(),
+        };
+        let outcome = self.store.take_link_code(lookup).await?;
+        if outcome == LinkLookupOutcome::NotFound {
+            self.failed_lookups.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(outcome)
+    }
+
+    /// Wrong codes given to `/target` since start: `/target` looks codes up without a
+    /// target, so a rising count is someone guessing.
+    pub fn failed_lookups(&self) -> u64 {
+        self.failed_lookups.load(Ordering::Relaxed)
+    }
+}

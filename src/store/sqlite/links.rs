@@ -1,0 +1,169 @@
+//! Codes the Telegram bot hands out and `/target` takes back, and the record of handled
+//! Telegram updates.
+
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{deliveries, limits, map_err};
+use crate::clock::Timestamp;
+use crate::domain::Channel;
+use crate::domain::limits::LimitKind;
+use crate::store::{LinkCodeOutcome, LinkLookup, LinkLookupOutcome, NewLinkCode, StoreError};
+
+/// Long enough for Telegram's own redelivery of a webhook call (it gives up after a day).
+const HANDLED_UPDATES_KEPT: Duration = Duration::from_secs(24 * 3600);
+
+pub(super) fn create(conn: &Connection, link: &NewLinkCode) -> Result<LinkCodeOutcome, StoreError> {
+    let code = &link.code;
+    if let Some(id) = link.update_id
+        && handled(conn, id)?
+    {
+        return Ok(LinkCodeOutcome::AlreadyHandled);
+    }
+    let rules = limits::load(conn, Channel::Telegram)?;
+    if let Some(hit) = limits::check(
+        conn,
+        Channel::Telegram,
+        LimitKind::Target,
+        &code.target,
+        &rules.targets,
+        code.now,
+    )? {
+        mark_handled(conn, link.update_id, code.now)?;
+        return Ok(LinkCodeOutcome::Limited(hit));
+    }
+    let now = code.now.millis();
+    conn.prepare_cached("DELETE FROM link_codes WHERE hash = ?1 AND expires_at <= ?2")
+        .and_then(|mut s| s.execute(params![&code.hash.0[..], now]))
+        .map_err(map_err)?;
+    let taken = conn
+        .prepare_cached("SELECT 1 FROM link_codes WHERE hash = ?1")
+        .and_then(|mut s| s.exists([&code.hash.0[..]]))
+        .map_err(map_err)?;
+    if taken {
+        return Ok(LinkCodeOutcome::CodeTaken);
+    }
+    // A chat has one live code: the newest message asked for it.
+    conn.prepare_cached("DELETE FROM link_codes WHERE chat_id = ?1")
+        .and_then(|mut s| s.execute([&code.target]))
+        .map_err(map_err)?;
+    conn.prepare_cached("INSERT INTO link_codes (hash, chat_id, expires_at) VALUES (?1, ?2, ?3)")
+        .and_then(|mut s| {
+            s.execute(params![
+                &code.hash.0[..],
+                code.target,
+                code.expires_at.millis()
+            ])
+        })
+        .map_err(map_err)?;
+    limits::record_send(
+        conn,
+        Channel::Telegram,
+        LimitKind::Target,
+        &code.target,
+        code.now,
+    )?;
+    deliveries::enqueue(conn, code)?;
+    mark_handled(conn, link.update_id, code.now)?;
+    Ok(LinkCodeOutcome::Created)
+}
+
+fn handled(conn: &Connection, update_id: i64) -> Result<bool, StoreError> {
+    conn.prepare_cached("SELECT 1 FROM telegram_updates WHERE update_id = ?1")
+        .and_then(|mut s| s.exists([update_id]))
+        .map_err(map_err)
+}
+
+fn mark_handled(
+    conn: &Connection,
+    update_id: Option<i64>,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    if let Some(id) = update_id {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO telegram_updates (update_id, handled_at) VALUES (?1, ?2)",
+        )
+        .and_then(|mut s| s.execute(params![id, now.millis()]))
+        .map_err(map_err)?;
+    }
+    Ok(())
+}
+
+pub(super) fn record_update(
+    conn: &Connection,
+    update_id: i64,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    if handled(conn, update_id)? {
+        return Ok(false);
+    }
+    mark_handled(conn, Some(update_id), now)?;
+    Ok(true)
+}
+
+pub(super) fn last_update_id(conn: &Connection) -> Result<Option<i64>, StoreError> {
+    conn.query_row("SELECT max(update_id) FROM telegram_updates", [], |r| {
+        r.get(0)
+    })
+    .map_err(map_err)
+}
+
+pub(super) fn take(
+    conn: &Connection,
+    lookup: &LinkLookup,
+) -> Result<LinkLookupOutcome, StoreError> {
+    if let Some(hit) = limits::check(
+        conn,
+        Channel::Telegram,
+        LimitKind::FailedLookup,
+        &lookup.ip,
+        &lookup.failure_rules,
+        lookup.now,
+    )? {
+        return Ok(LinkLookupOutcome::Limited(hit));
+    }
+    let chat: Option<String> = conn
+        .prepare_cached(
+            "DELETE FROM link_codes WHERE hash = ?1 AND expires_at > ?2 RETURNING chat_id",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![&lookup.hash.0[..], lookup.now.millis()], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
+        .map_err(map_err)?;
+    match chat {
+        Some(chat) => Ok(LinkLookupOutcome::Found(chat)),
+        None => {
+            limits::record_send(
+                conn,
+                Channel::Telegram,
+                LimitKind::FailedLookup,
+                &lookup.ip,
+                lookup.now,
+            )?;
+            Ok(LinkLookupOutcome::NotFound)
+        }
+    }
+}
+
+/// Expired codes, and handled updates old enough that Telegram no longer resends them
+/// (the newest stays: polling resumes after it).
+pub(super) fn purge(conn: &Connection, now: Timestamp) -> Result<u64, StoreError> {
+    let codes = conn
+        .execute(
+            "DELETE FROM link_codes WHERE expires_at <= ?1",
+            [now.millis()],
+        )
+        .map_err(map_err)?;
+    let updates = conn
+        .execute(
+            "DELETE FROM telegram_updates WHERE handled_at <= ?1
+               AND update_id < (SELECT max(update_id) FROM telegram_updates)",
+            [now.minus(HANDLED_UPDATES_KEPT).millis()],
+        )
+        .map_err(map_err)?;
+    Ok((codes + updates) as u64)
+}
