@@ -17,6 +17,8 @@ const SECRET: &str = "an-operator-secret-of-at-least-32-bytes";
 pub struct Otpd {
     pub child: Child,
     pub base: String,
+    /// What it logged before it said where it listens.
+    pub startup_log: Vec<String>,
     stdout: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
 }
@@ -36,6 +38,7 @@ pub fn start(dir: &Path, env: &[(&str, &str)]) -> Otpd {
         .unwrap();
     let stdout = lines_of(child.stdout.take().unwrap());
     let stderr = lines_of(child.stderr.take().unwrap());
+    let mut startup_log = Vec::new();
     let addr = loop {
         let line = stderr
             .recv_timeout(Duration::from_secs(30))
@@ -43,10 +46,12 @@ pub fn start(dir: &Path, env: &[(&str, &str)]) -> Otpd {
         if let Some(rest) = line.split("addr=").nth(1) {
             break rest.split_whitespace().next().unwrap_or("").to_owned();
         }
+        startup_log.push(line);
     };
     Otpd {
         child,
         base: format!("http://{addr}"),
+        startup_log,
         stdout,
         stderr,
     }
@@ -179,7 +184,7 @@ async fn sigterm_stops_cleanly() {
     assert!(dir.path().join("data/otpd.db").exists());
 }
 
-fn run_to_exit(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+pub fn run_to_exit(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_otpd"))
         .current_dir(dir.path())

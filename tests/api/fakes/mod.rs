@@ -7,3 +7,4 @@
 
 pub mod http;
 pub mod smtp;
+pub mod telegram;
