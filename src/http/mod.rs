@@ -3,6 +3,7 @@
 mod auth;
 pub mod error;
 mod limits;
+mod metrics;
 mod otp;
 pub mod params;
 mod status;
@@ -40,6 +41,7 @@ pub fn router(state: AppState, auth: Option<BasicAuth>) -> Router {
         .route("/health", get(status::health))
         .route("/ready", get(status::ready))
         .route("/deliveries/{id}", get(status::delivery))
+        .route("/metrics", get(metrics::metrics))
         .route("/telegram/webhook", post(telegram::webhook))
         .route("/target", get(telegram::target).post(telegram::target));
     for ch in Channel::ALL {

@@ -273,6 +273,20 @@ async fn wrong_target_codes_are_limited_per_ip() {
     t.advance(wait);
     let found = target(&t, json!({"password": code, "ip": "203.0.113.7"})).await;
     assert_eq!(found.body["content"]["target"], ADA.to_string());
+    // Every wrong code is counted where an operator can alert on it.
+    let metrics = t
+        .client
+        .get(format!("{}/metrics", t.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\notpd_target_lookup_failures_total 4\n"),
+        "{metrics}"
+    );
     // Without "ip", the connecting address is counted.
     for _ in 0..3 {
         target(&t, json!({"password": "00000005"})).await;
