@@ -19,9 +19,8 @@ use tokio::task::JoinHandle;
 
 use crate::bot::api::BotApi;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError, ProviderName, StoreUrl, UpdatesMode, secret_value};
+use crate::config::{Config, ConfigError, StoreUrl, UpdatesMode, secret_value};
 use crate::delivery::{ConsoleOut, DeliverySettings, Wakeups, Worker, build_chains};
-use crate::domain::Channel;
 use crate::domain::link::{LinkSettings, TelegramLink};
 use crate::domain::secret::Secret;
 use crate::domain::service::{CodeSettings, OtpService};
@@ -88,8 +87,15 @@ impl App {
         // Built before binding: a provider missing a setting stops the start here.
         let secret = Arc::new(secret);
         let chains = build_chains(&config, &deps.console)?;
+        // The webhook is served only for a configured bot: an open endpoint that makes
+        // codes and messages for anyone who posts to it is not a default.
+        let has_token = config.delivery.telegram_bot_token()?.is_some();
+        let mode = match config.bot.telegram_updates {
+            UpdatesMode::Webhook if !has_token => UpdatesMode::Off,
+            mode => mode,
+        };
         let webhook = http::WebhookSettings {
-            mode: config.bot.telegram_updates,
+            mode,
             secret: config.bot.webhook_secret()?,
         };
         // Needed before binding, so that a missing token stops the start.
@@ -142,16 +148,11 @@ impl App {
             .map_err(|reason| ConfigError::new("OTP_TARGET_FAILURES", reason))?,
         );
         if webhook.mode == UpdatesMode::Webhook && webhook.secret.is_none() {
-            let telegram_is_real = config
-                .providers(Channel::Telegram)
-                .iter()
-                .any(|p| *p != ProviderName::Console);
-            if config.basic_auth().is_some() || telegram_is_real {
-                tracing::warn!(
-                    "TELEGRAM_WEBHOOK_SECRET is not set: anyone who can reach POST /telegram/webhook \
-                     (which Basic auth does not cover) can make the bot send codes"
-                );
-            }
+            tracing::warn!(
+                basic_auth = config.basic_auth().is_some(),
+                "TELEGRAM_WEBHOOK_SECRET is not set: anyone who can reach POST /telegram/webhook \
+                 (which Basic auth does not cover) can make the bot send codes"
+            );
         }
         let auth = config
             .basic_auth()

@@ -9,6 +9,9 @@ use crate::config::{ConfigError, HttpUrl, ProviderSettings, Redacted};
 use crate::delivery::ProviderError;
 use crate::delivery::http;
 
+/// A batch of updates with long messages is far larger than a provider's answer.
+const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BotApiError {
     #[error("cannot reach the Telegram Bot API: {0}")]
@@ -54,11 +57,13 @@ impl BotApi {
     ) -> Result<Value, BotApiError> {
         let url = self.api.join(&format!("/bot{}/{method}", self.token.0));
         let request = self.client.post(url).json(body).timeout(timeout);
-        let reply = http::send(request).await.map_err(|e| match e {
-            ProviderError::Retryable(reason) | ProviderError::Permanent(reason) => {
-                BotApiError::Transport(reason)
-            }
-        })?;
+        let reply = http::send_capped(request, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| match e {
+                ProviderError::Retryable(reason) | ProviderError::Permanent(reason) => {
+                    BotApiError::Transport(reason)
+                }
+            })?;
         let answer = reply.json().ok_or(BotApiError::Unexpected { method })?;
         if answer["ok"].as_bool() == Some(true) {
             return Ok(answer["result"].clone());

@@ -43,11 +43,16 @@ impl Reply {
 /// Sends and reads the answer. Transport failures are retryable; the URL is left out of
 /// every error, since some APIs (Telegram's) carry the credential in the path.
 pub async fn send(request: RequestBuilder) -> Result<Reply, ProviderError> {
+    send_capped(request, MAX_REPLY_BYTES).await
+}
+
+/// `send`, keeping at most `cap` bytes of the answer.
+pub async fn send_capped(request: RequestBuilder, cap: usize) -> Result<Reply, ProviderError> {
     let mut response = request.send().await.map_err(transport_error)?;
     let status = response.status();
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
-        let room = MAX_REPLY_BYTES.saturating_sub(body.len());
+        let room = cap.saturating_sub(body.len());
         body.extend_from_slice(&chunk[..chunk.len().min(room)]);
         if room <= chunk.len() {
             break;

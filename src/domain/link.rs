@@ -1,6 +1,7 @@
 //! Linking a Telegram chat to an application: the bot hands a chat a code, the
 //! application trades the code (typed by its user) for the chat id at `/target`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -43,6 +44,7 @@ pub struct TelegramLink {
     secret: Arc<Secret>,
     settings: LinkSettings,
     failure_rules: RuleSet,
+    peer_failure_rules: RuleSet,
     wakeups: Arc<Wakeups>,
     failed_lookups: AtomicU64,
 }
@@ -55,15 +57,19 @@ impl TelegramLink {
         settings: LinkSettings,
         wakeups: Arc<Wakeups>,
     ) -> Result<Self, String> {
-        let rule = Rule::new(10, i64::from(settings.failures_per_10_minutes))?;
-        let failure_rules =
-            RuleSet::new(vec![rule], "OTP_TARGET_FAILURES").map_err(|e| e.reason)?;
+        let per_10_minutes = |rate: i64| -> Result<RuleSet, String> {
+            RuleSet::new(vec![Rule::new(10, rate)?], "OTP_TARGET_FAILURES").map_err(|e| e.reason)
+        };
+        let failures = i64::from(settings.failures_per_10_minutes);
+        let failure_rules = per_10_minutes(failures)?;
+        let peer_failure_rules = per_10_minutes(failures * 10)?;
         Ok(TelegramLink {
             store,
             clock,
             secret,
             settings,
             failure_rules,
+            peer_failure_rules,
             wakeups,
             failed_lookups: AtomicU64::new(0),
         })
@@ -117,21 +123,24 @@ impl TelegramLink {
             .map(|_| ())
     }
 
-    pub async fn last_update_id(&self) -> Result<Option<i64>, StoreError> {
-        self.store.last_update_id().await
-    }
-
-    /// The chat a code was sent to, spending the code; wrong codes count against `ip`.
+    /// The chat a code was sent to, spending the code. Wrong codes count against the end
+    /// user's `ip` (or, when the caller names none, the connecting `peer`). The peer also
+    /// has a budget ten times larger, so that naming a new `ip` with every guess does
+    /// not buy unlimited guesses.
     pub async fn take(
         &self,
         password: &Password,
-        ip: String,
+        ip: Option<IpAddr>,
+        peer: IpAddr,
     ) -> Result<LinkLookupOutcome, StoreError> {
+        let mut failure_keys = vec![(ip.unwrap_or(peer).to_string(), self.failure_rules.clone())];
+        if ip.is_some_and(|ip| ip != peer) {
+            failure_keys.push((format!("peer {peer}"), self.peer_failure_rules.clone()));
+        }
         let lookup = LinkLookup {
             hash: self.secret.link_hash(password),
-            ip,
+            failure_keys,
             now: self.clock.now(),
-            failure_rules: self.failure_rules.clone(),
         };
         let outcome = self.store.take_link_code(lookup).await?;
         if outcome == LinkLookupOutcome::NotFound {

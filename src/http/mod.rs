@@ -42,7 +42,7 @@ pub fn router(state: AppState, auth: Option<BasicAuth>) -> Router {
         .route("/ready", get(status::ready))
         .route("/deliveries/{id}", get(status::delivery))
         .route("/metrics", get(metrics::metrics))
-        .route("/telegram/webhook", post(telegram::webhook))
+        .route(telegram::WEBHOOK_PATH, post(telegram::webhook))
         .route("/target", get(telegram::target).post(telegram::target));
     for ch in Channel::ALL {
         let check = move |s: State<AppState>, p: Params| otp::check(s, ch, p);
@@ -81,8 +81,13 @@ async fn refuse_large_bodies(req: Request, next: Next) -> Result<Response, ApiEr
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let limit = if req.uri().path() == telegram::WEBHOOK_PATH {
+        telegram::MAX_UPDATE_BYTES
+    } else {
+        params::MAX_BODY_BYTES
+    };
     match declared {
-        Some(len) if len > params::MAX_BODY_BYTES as u64 => Err(ApiError::PayloadTooLarge),
+        Some(len) if len > limit as u64 => Err(ApiError::PayloadTooLarge),
         _ => Ok(next.run(req).await),
     }
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::AppState;
 use super::error::{self, ApiError};
 use super::otp::{ip, password};
-use super::params::{MAX_BODY_BYTES, Params};
+use super::params::Params;
 use crate::bot;
 use crate::config::{Redacted, UpdatesMode};
 use crate::domain::secret::constant_time_str_eq;
@@ -28,6 +28,11 @@ pub struct WebhookSettings {
 
 const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 
+/// A message with a long quoted reply is larger than any API request; refusing it would
+/// make Telegram retry it for a day.
+pub const MAX_UPDATE_BYTES: usize = 1024 * 1024;
+pub const WEBHOOK_PATH: &str = "/telegram/webhook";
+
 pub async fn webhook(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -38,7 +43,11 @@ pub async fn webhook(
         UpdatesMode::Polling => {
             return Err(ApiError::NotFound("the bot fetches its updates by polling"));
         }
-        UpdatesMode::Off => return Err(ApiError::NotFound("the Telegram bot is off")),
+        UpdatesMode::Off => {
+            return Err(ApiError::NotFound(
+                "the Telegram bot is off (TELEGRAM_UPDATES=off, or TELEGRAM_BOT_TOKEN is not set)",
+            ));
+        }
     }
     if let Some(secret) = &app.webhook.secret {
         let given = headers
@@ -49,7 +58,7 @@ pub async fn webhook(
             return Err(ApiError::Unauthorized);
         }
     }
-    let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
+    let body = axum::body::to_bytes(body, MAX_UPDATE_BYTES)
         .await
         .map_err(|_| ApiError::PayloadTooLarge)?;
     let update: Value = serde_json::from_slice(&body)
@@ -85,21 +94,21 @@ pub async fn target(
         ));
     }
     let password = password(&params)?.ok_or(ApiError::MissingParameter("password"))?;
-    // Without the end user's ip, failures count against whoever connected.
-    let ip = ip(&params)?.unwrap_or(peer.ip());
-    Ok(match app.link.take(&password, ip.to_string()).await? {
-        LinkLookupOutcome::Found(target) => error::ok_with(TargetContent { target }),
-        LinkLookupOutcome::NotFound => error::refused(
-            "invalid_password",
-            "the password is wrong, expired or already used",
-        ),
-        LinkLookupOutcome::Limited(hit) => {
-            return Err(ApiError::LimitReached {
-                status_code: "ip_limit",
-                subject: "ip",
-                rule: hit.rule.to_string(),
-                retry_after_secs: hit.retry_after_secs,
-            });
-        }
-    })
+    Ok(
+        match app.link.take(&password, ip(&params)?, peer.ip()).await? {
+            LinkLookupOutcome::Found(target) => error::ok_with(TargetContent { target }),
+            LinkLookupOutcome::NotFound => error::refused(
+                "invalid_password",
+                "the password is wrong, expired or already used",
+            ),
+            LinkLookupOutcome::Limited(hit) => {
+                return Err(ApiError::LimitReached {
+                    status_code: "ip_limit",
+                    subject: "ip",
+                    rule: hit.rule.to_string(),
+                    retry_after_secs: hit.retry_after_secs,
+                });
+            }
+        },
+    )
 }

@@ -74,13 +74,13 @@ pub enum LinkCodeOutcome {
     Limited(LimitHit),
 }
 
+/// Failures are counted against every key, each with its own rules; a limit reached on
+/// any of them refuses the lookup.
 #[derive(Debug, Clone)]
 pub struct LinkLookup {
     pub hash: CodeHash,
-    /// Who is asking: failures are counted against it.
-    pub ip: String,
+    pub failure_keys: Vec<(String, RuleSet)>,
     pub now: Timestamp,
-    pub failure_rules: RuleSet,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,9 +179,6 @@ pub trait Store: Send + Sync {
 
     /// Marks an update handled that needs nothing done; false if it was handled before.
     async fn record_update(&self, update_id: i64, now: Timestamp) -> Result<bool, StoreError>;
-
-    /// The newest update handled, where long polling resumes.
-    async fn last_update_id(&self) -> Result<Option<i64>, StoreError>;
 
     /// Finds and spends the bot code, or counts a failure against the ip.
     async fn take_link_code(&self, lookup: LinkLookup) -> Result<LinkLookupOutcome, StoreError>;

@@ -44,19 +44,32 @@ pub(super) fn create(conn: &Connection, link: &NewLinkCode) -> Result<LinkCodeOu
     if taken {
         return Ok(LinkCodeOutcome::CodeTaken);
     }
-    // A chat has one live code: the newest message asked for it.
+    // A chat has one live code: the newest message asked for it. The replaced code's
+    // reply, if still waiting (a retry, say), must not arrive after the new one.
+    conn.prepare_cached(
+        "UPDATE deliveries
+         SET state = 'failed', payload = NULL, lease_until = NULL, updated_at = ?2,
+             error = 'replaced by a newer code for the same chat'
+         WHERE state = 'queued'
+           AND id IN (SELECT delivery_id FROM link_codes WHERE chat_id = ?1)",
+    )
+    .and_then(|mut s| s.execute(params![code.target, now]))
+    .map_err(map_err)?;
     conn.prepare_cached("DELETE FROM link_codes WHERE chat_id = ?1")
         .and_then(|mut s| s.execute([&code.target]))
         .map_err(map_err)?;
-    conn.prepare_cached("INSERT INTO link_codes (hash, chat_id, expires_at) VALUES (?1, ?2, ?3)")
-        .and_then(|mut s| {
-            s.execute(params![
-                &code.hash.0[..],
-                code.target,
-                code.expires_at.millis()
-            ])
-        })
-        .map_err(map_err)?;
+    conn.prepare_cached(
+        "INSERT INTO link_codes (hash, chat_id, expires_at, delivery_id) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            &code.hash.0[..],
+            code.target,
+            code.expires_at.millis(),
+            code.delivery_id.to_string()
+        ])
+    })
+    .map_err(map_err)?;
     limits::record_send(
         conn,
         Channel::Telegram,
@@ -102,26 +115,21 @@ pub(super) fn record_update(
     Ok(true)
 }
 
-pub(super) fn last_update_id(conn: &Connection) -> Result<Option<i64>, StoreError> {
-    conn.query_row("SELECT max(update_id) FROM telegram_updates", [], |r| {
-        r.get(0)
-    })
-    .map_err(map_err)
-}
-
 pub(super) fn take(
     conn: &Connection,
     lookup: &LinkLookup,
 ) -> Result<LinkLookupOutcome, StoreError> {
-    if let Some(hit) = limits::check(
-        conn,
-        Channel::Telegram,
-        LimitKind::FailedLookup,
-        &lookup.ip,
-        &lookup.failure_rules,
-        lookup.now,
-    )? {
-        return Ok(LinkLookupOutcome::Limited(hit));
+    for (key, rules) in &lookup.failure_keys {
+        if let Some(hit) = limits::check(
+            conn,
+            Channel::Telegram,
+            LimitKind::FailedLookup,
+            key,
+            rules,
+            lookup.now,
+        )? {
+            return Ok(LinkLookupOutcome::Limited(hit));
+        }
     }
     let chat: Option<String> = conn
         .prepare_cached(
@@ -134,23 +142,22 @@ pub(super) fn take(
             .optional()
         })
         .map_err(map_err)?;
-    match chat {
-        Some(chat) => Ok(LinkLookupOutcome::Found(chat)),
-        None => {
-            limits::record_send(
-                conn,
-                Channel::Telegram,
-                LimitKind::FailedLookup,
-                &lookup.ip,
-                lookup.now,
-            )?;
-            Ok(LinkLookupOutcome::NotFound)
-        }
+    if let Some(chat) = chat {
+        return Ok(LinkLookupOutcome::Found(chat));
     }
+    for (key, _) in &lookup.failure_keys {
+        limits::record_send(
+            conn,
+            Channel::Telegram,
+            LimitKind::FailedLookup,
+            key,
+            lookup.now,
+        )?;
+    }
+    Ok(LinkLookupOutcome::NotFound)
 }
 
-/// Expired codes, and handled updates old enough that Telegram no longer resends them
-/// (the newest stays: polling resumes after it).
+/// Expired codes, and handled updates old enough that Telegram no longer resends them.
 pub(super) fn purge(conn: &Connection, now: Timestamp) -> Result<u64, StoreError> {
     let codes = conn
         .execute(
@@ -160,8 +167,7 @@ pub(super) fn purge(conn: &Connection, now: Timestamp) -> Result<u64, StoreError
         .map_err(map_err)?;
     let updates = conn
         .execute(
-            "DELETE FROM telegram_updates WHERE handled_at <= ?1
-               AND update_id < (SELECT max(update_id) FROM telegram_updates)",
+            "DELETE FROM telegram_updates WHERE handled_at <= ?1",
             [now.minus(HANDLED_UPDATES_KEPT).millis()],
         )
         .map_err(map_err)?;

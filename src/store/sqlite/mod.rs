@@ -222,10 +222,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn last_update_id(&self) -> Result<Option<i64>, StoreError> {
-        self.writer.call(links::last_update_id).await
-    }
-
     async fn take_link_code(&self, lookup: LinkLookup) -> Result<LinkLookupOutcome, StoreError> {
         self.writer
             .call(move |conn| links::take(conn, &lookup))

@@ -64,9 +64,10 @@ CREATE INDEX IF NOT EXISTS deliveries_due_by_channel
 -- Codes the Telegram bot handed out, found by the code alone (GET /target): the hash is
 -- of the code only, so it is unique among live codes.
 CREATE TABLE IF NOT EXISTS link_codes (
-    hash       BLOB    PRIMARY KEY,
-    chat_id    TEXT    NOT NULL,
-    expires_at INTEGER NOT NULL
+    hash        BLOB    PRIMARY KEY,
+    chat_id     TEXT    NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    delivery_id TEXT    NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS link_codes_by_chat ON link_codes (chat_id);
 
