@@ -131,7 +131,7 @@ async fn retryable_failures_back_off_exponentially_and_stop_at_the_codes_expiry(
     let expires = secs(&t.delivery(&id).await["expires_at"]);
 
     let mut delays = Vec::new();
-    let mut attempts = 1;
+    let mut attempts: u64 = 1;
     let last = loop {
         let d = t.attempted(&id, attempts).await;
         if d["state"] != "queued" {
@@ -166,8 +166,10 @@ async fn retryable_failures_back_off_exponentially_and_stop_at_the_codes_expiry(
         );
     }
     assert!(delays.len() >= 3, "{delays:?}");
+    // The last planned retry may fall in the second before the expiry, which the clock
+    // then passes: the job ends expired without that try.
+    let attempts = last["attempts"].as_u64().unwrap();
     assert_eq!(gateway.requests().len() as u64, attempts);
-    assert_eq!(last["attempts"].as_u64(), Some(attempts));
     assert_eq!(last["history"].as_array().unwrap().len() as u64, attempts);
     assert_eq!(
         stored_message(&t, &id),

@@ -121,6 +121,7 @@ fn expire_lapsed(
         "UPDATE deliveries
          SET state = 'expired', payload = NULL, lease_until = NULL, updated_at = ?1,
              error = 'the code expired before it could be delivered'
+                     || coalesce(' (last error: ' || error || ')', '')
          WHERE (?2 IS NULL OR channel = ?2) AND state IN ('queued', 'sending')
            AND expires_at <= ?1 AND (state = 'queued' OR lease_until <= ?1)",
     )
