@@ -24,7 +24,7 @@ use crate::delivery::{ConsoleOut, DeliverySettings, Wakeups, Worker, build_chain
 use crate::domain::link::{LinkSettings, TelegramLink};
 use crate::domain::secret::Secret;
 use crate::domain::service::{CodeSettings, OtpService};
-use crate::store::{SharedStore, SqliteStore, StoreError};
+use crate::store::{RedisStore, SharedStore, SqliteStore, StoreError};
 
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
@@ -50,6 +50,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("OTP_STORE: {0}")]
     Store(#[from] store::OpenError),
+    #[error("OTP_STORE: {0}")]
+    Redis(#[from] store::RedisOpenError),
     #[error("OTP_SECRET: {0}")]
     Secret(#[from] domain::secret::SecretError),
     #[error("OTP_LISTEN: cannot listen on {addr}: {source}")]
@@ -72,9 +74,16 @@ pub struct App {
 impl App {
     pub async fn start(config: Config, deps: Deps) -> Result<App, StartError> {
         config.validate()?;
-        let StoreUrl::Sqlite(path) = &config.store;
-        // Opened first: it creates the data directory the generated secret is kept in.
-        let store: SharedStore = Arc::new(SqliteStore::open(path)?);
+        // Opened first: SQLite creates the data directory the generated secret is kept in.
+        let store: SharedStore = match &config.store {
+            StoreUrl::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
+            StoreUrl::Redis(url) => Arc::new(
+                RedisStore::open(std::slice::from_ref(url), false, &config.redis_prefix).await?,
+            ),
+            StoreUrl::RedisCluster(nodes) => {
+                Arc::new(RedisStore::open(nodes, true, &config.redis_prefix).await?)
+            }
+        };
         let secret = match secret_value(
             &config.secret,
             &config.secret_file,
@@ -82,7 +91,18 @@ impl App {
             "OTP_SECRET_FILE",
         )? {
             Some(s) => Secret::new(s.0.as_bytes())?,
-            None => Secret::load_or_create(&path.with_file_name("otpd.secret"))?,
+            None => match &config.store {
+                StoreUrl::Sqlite(path) => {
+                    Secret::load_or_create(&path.with_file_name("otpd.secret"))?
+                }
+                // validate() refused this already: replicas must share one secret.
+                _ => {
+                    return Err(StartError::Config(ConfigError::new(
+                        "OTP_SECRET",
+                        "must be set with a Redis store",
+                    )));
+                }
+            },
         };
         // Built before binding: a provider missing a setting stops the start here.
         let secret = Arc::new(secret);
@@ -210,7 +230,7 @@ impl App {
             config.purge_interval(),
             shutdown.subscribe(),
         )));
-        tracing::info!(%addr, store = %path.display(), "otpd is serving");
+        tracing::info!(%addr, store = %config.store.describe(), "otpd is serving");
         Ok(App {
             addr,
             store,

@@ -69,14 +69,24 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
-    /// Where state is kept: sqlite://PATH.
+    /// Where state is kept: sqlite://PATH (one process), or redis://[user:pass@]host:port/db, rediss:// (TLS), redis+cluster://host1:port,host2:port (shared by many replicas).
     #[arg(
         long,
         env = "OTP_STORE",
         value_name = "OTP_STORE",
-        default_value = "sqlite://./data/otpd.db"
+        default_value = "sqlite://./data/otpd.db",
+        hide_env_values = true
     )]
     pub store: StoreUrl,
+
+    /// With Redis: the prefix of every key, so that several deployments can share a server.
+    #[arg(
+        long,
+        env = "OTP_REDIS_PREFIX",
+        value_name = "OTP_REDIS_PREFIX",
+        default_value = "otpd"
+    )]
+    pub redis_prefix: String,
 
     /// Key for hashing codes, at least 32 bytes. Unset with SQLite: generated on first start and kept beside the database (mode 0600). Prefer the variable: flags show in `ps`.
     #[arg(
@@ -215,6 +225,26 @@ impl Config {
                 format!("must not exceed OTP_MAX_LIFETIME ({})", self.max_lifetime),
             ));
         }
+        if !matches!(self.store, StoreUrl::Sqlite(_))
+            && self.secret.is_none()
+            && self.secret_file.is_none()
+        {
+            return Err(ConfigError::new(
+                "OTP_SECRET",
+                "must be set with a Redis store: every replica must hash codes with the same key",
+            ));
+        }
+        if self.redis_prefix.is_empty()
+            || !self
+                .redis_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        {
+            return Err(ConfigError::new(
+                "OTP_REDIS_PREFIX",
+                "must be letters, digits, '-', '_', '.' or ':'",
+            ));
+        }
         if let Some(secret) = &self.secret {
             if self.secret_file.is_some() {
                 return Err(ConfigError::new(
@@ -330,24 +360,94 @@ impl FromStr for Redacted {
     }
 }
 
-/// `OTP_STORE`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `OTP_STORE`. A Redis URL may hold a password: `Debug` leaves it out.
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     Sqlite(PathBuf),
+    /// `redis://` or `rediss://` (TLS), one server.
+    Redis(String),
+    /// `redis+cluster://host1:port,host2:port` (or `rediss+cluster://`): the seed nodes,
+    /// each as a `redis://` or `rediss://` URL.
+    RedisCluster(Vec<String>),
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            StoreUrl::Redis(_) => f.write_str("redis://***"),
+            StoreUrl::RedisCluster(nodes) => {
+                write!(f, "redis+cluster://*** ({} nodes)", nodes.len())
+            }
+        }
+    }
+}
+
+impl StoreUrl {
+    /// What the start-up log may show: the kind of store and where, without credentials.
+    pub fn describe(&self) -> String {
+        let host = |url: &str| {
+            url::Url::parse(url)
+                .ok()
+                .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port().unwrap_or(6379))))
+                .unwrap_or_else(|| "?".into())
+        };
+        match self {
+            StoreUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
+            StoreUrl::Redis(url) => format!("redis {}", host(url)),
+            StoreUrl::RedisCluster(nodes) => format!(
+                "redis cluster {}",
+                nodes.iter().map(|n| host(n)).collect::<Vec<_>>().join(",")
+            ),
+        }
+    }
 }
 
 impl FromStr for StoreUrl {
     type Err = String;
+    /// Errors never repeat the URL: it may hold a password.
     fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
         match s.split_once("://") {
             Some(("sqlite", path)) if !path.is_empty() => Ok(StoreUrl::Sqlite(PathBuf::from(path))),
             Some(("sqlite", _)) => {
                 Err("sqlite:// needs a file path, e.g. sqlite://./data/otpd.db".into())
             }
+            Some(("redis" | "rediss", _)) => {
+                let url =
+                    url::Url::parse(s).map_err(|e| format!("is not a valid Redis URL ({e})"))?;
+                if url.host_str().is_none_or(str::is_empty) {
+                    return Err("a Redis URL needs a host, e.g. redis://127.0.0.1:6379/0".into());
+                }
+                Ok(StoreUrl::Redis(s.to_owned()))
+            }
+            Some((scheme @ ("redis+cluster" | "rediss+cluster"), rest)) => {
+                let base = scheme.trim_end_matches("+cluster");
+                let (auth, hosts) = match rest.rsplit_once('@') {
+                    Some((auth, hosts)) => (format!("{auth}@"), hosts),
+                    None => (String::new(), rest),
+                };
+                let nodes: Vec<String> = hosts
+                    .trim_end_matches('/')
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|h| !h.is_empty())
+                    .map(|h| format!("{base}://{auth}{h}"))
+                    .collect();
+                if nodes.is_empty() {
+                    return Err("redis+cluster:// needs host:port[,host:port...]".into());
+                }
+                for node in &nodes {
+                    url::Url::parse(node).map_err(|e| format!("has an invalid node ({e})"))?;
+                }
+                Ok(StoreUrl::RedisCluster(nodes))
+            }
             Some((scheme, _)) => Err(format!(
-                "the {scheme}:// store is not available in this build; use sqlite://PATH"
+                "the {scheme}:// store is not known; use sqlite://PATH, redis://, rediss:// or redis+cluster://"
             )),
-            None => Err("must be a URL like sqlite://./data/otpd.db".into()),
+            None => {
+                Err("must be a URL like sqlite://./data/otpd.db or redis://127.0.0.1:6379".into())
+            }
         }
     }
 }
@@ -426,6 +526,36 @@ impl FromStr for ProviderList {
 mod tests {
     use super::*;
 
+    #[test]
+    fn store_urls_of_every_kind_and_never_their_passwords() {
+        let url = |s: &str| s.parse::<StoreUrl>();
+        assert_eq!(
+            url("redis://:pw@10.0.0.1:6380/2").unwrap(),
+            StoreUrl::Redis("redis://:pw@10.0.0.1:6380/2".into())
+        );
+        assert_eq!(
+            url("rediss+cluster://u:pw@a:7000,b:7001").unwrap(),
+            StoreUrl::RedisCluster(vec![
+                "rediss://u:pw@a:7000".into(),
+                "rediss://u:pw@b:7001".into()
+            ])
+        );
+        let shown = format!(
+            "{:?} {}",
+            url("redis://:s3cret@h:1").unwrap(),
+            url("redis://:s3cret@h:1").unwrap().describe()
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
+        for bad in ["redis://:s3cret@", "redis+cluster://", "ftp://s3cret"] {
+            assert!(!url(bad).unwrap_err().contains("s3cret"), "{bad}");
+        }
+        let err = parse(&["--store", "redis://h:1"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.variable, "OTP_SECRET");
+    }
+
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
         let mut all = vec!["otpd"];
         all.extend_from_slice(args);
@@ -451,7 +581,7 @@ mod tests {
             err.contains("OTP_SMS_PROVIDERS") && err.contains("carrier-pigeon"),
             "{err}"
         );
-        let err = parse(&["--store", "redis://x"]).unwrap_err().to_string();
+        let err = parse(&["--store", "mongodb://x"]).unwrap_err().to_string();
         assert!(err.contains("OTP_STORE"), "{err}");
     }
 

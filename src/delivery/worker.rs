@@ -142,7 +142,11 @@ impl Worker {
     async fn deliver(&self, job: DeliveryJob) {
         let report = self.attempt(&job).await;
         let now = self.clock.now();
-        if let Err(e) = self.store.finish_attempt(job.id, report, now).await {
+        if let Err(e) = self
+            .store
+            .finish_attempt(job.channel, job.id, report, now)
+            .await
+        {
             // The lease runs out and the job is taken again: delivered at least once.
             tracing::warn!(delivery = %job.id, error = %e, "cannot record a delivery attempt");
         }

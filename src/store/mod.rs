@@ -1,6 +1,8 @@
 //! Where state lives. Every method is one atomic step, so that concurrent requests (and,
 //! on a shared store, several replicas) can never interleave inside a decision.
 
+mod outbox;
+mod redis;
 mod sqlite;
 
 use std::net::IpAddr;
@@ -9,6 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 
+pub use self::redis::{RedisOpenError, RedisStore};
 pub use sqlite::{OpenError, SqliteStore};
 
 use crate::clock::Timestamp;
@@ -168,6 +171,7 @@ pub trait Store: Send + Sync {
     /// lease was taken over meanwhile (the report's attempt is no longer the job's).
     async fn finish_attempt(
         &self,
+        channel: Channel,
         id: DeliveryId,
         report: AttemptReport,
         now: Timestamp,

@@ -449,18 +449,7 @@ async fn a_replaced_codes_pending_reply_is_dropped() {
     let api = FakeBotApi::start(TOKEN).await;
     api.refuse("sendMessage", 502, "Bad Gateway");
     let t = bot_app(&api, &[]).await;
-    let states = || {
-        let db = rusqlite::Connection::open(t.db_path()).unwrap();
-        let mut rows = db
-            .prepare("SELECT state, error FROM deliveries ORDER BY state")
-            .unwrap();
-        rows.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
-        })
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap()
-    };
+    let states = || t.delivery_states();
     post_update(&t, &private_message(1, ADA, "first"), Some(SECRET)).await;
     api.wait_for_calls("sendMessage", 1).await;
     // The first reply failed once and waits for its retry...

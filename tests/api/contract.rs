@@ -310,6 +310,9 @@ async fn health_ready_and_deliveries() {
 #[tokio::test]
 async fn a_locked_store_answers_503_and_service_resumes_when_released() {
     let t = TestApp::spawn().await;
+    if !t.sqlite_only("a_locked_store_answers_503") {
+        return;
+    }
     // An operator's sqlite3 session holding the write lock.
     let other = rusqlite::Connection::open(t.db_path()).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -347,13 +350,7 @@ async fn a_locked_store_answers_503_and_service_resumes_when_released() {
 #[tokio::test]
 async fn corrupt_state_is_a_500_that_reveals_nothing() {
     let t = TestApp::spawn().await;
-    let other = rusqlite::Connection::open(t.db_path()).unwrap();
-    other
-        .execute(
-            "INSERT INTO limit_rules (channel, kind, rules) VALUES ('sms', 'ip', 'not json')",
-            [],
-        )
-        .unwrap();
+    t.corrupt_limit_rules("sms");
     let a = t
         .post("/sms", json!({"phone": "77011234567", "password": "12345"}))
         .await;

@@ -318,6 +318,9 @@ async fn a_clean_restart_keeps_codes_attempts_and_deliveries() {
 #[tokio::test]
 async fn a_second_process_cannot_open_the_same_store() {
     let t = TestApp::spawn().await;
+    if !t.sqlite_only("a_second_process_cannot_open_the_same_store") {
+        return;
+    }
     let (code, _, err) = run_to_exit(
         &[
             ("OTP_STORE", &format!("sqlite://{}", t.db_path().display())),

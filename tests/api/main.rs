@@ -8,6 +8,8 @@ mod durability;
 mod fakes;
 mod limits;
 mod providers;
+mod redis_server;
 mod reliability;
+mod scale;
 mod semantics;
 mod support;

@@ -37,15 +37,6 @@ async fn create_sms(t: &TestApp, extra: Value) -> String {
     created["id"].as_str().unwrap().to_owned()
 }
 
-/// The stored message of a job; `None` once erased.
-fn stored_message(t: &TestApp, id: &str) -> Option<String> {
-    let db = rusqlite::Connection::open(t.db_path()).unwrap();
-    db.query_row("SELECT payload FROM deliveries WHERE id = ?1", [id], |r| {
-        r.get(0)
-    })
-    .unwrap()
-}
-
 fn outcomes(d: &Value) -> Vec<(String, String)> {
     d["history"]
         .as_array()
@@ -83,7 +74,7 @@ async fn a_failing_provider_hands_the_same_attempt_to_the_next() {
     assert_eq!(first.requests().len(), 1);
     assert_eq!(second.requests().len(), 1);
     assert_eq!(
-        stored_message(&t, &id),
+        t.stored_message(&id),
         None,
         "the message is erased once sent"
     );
@@ -113,7 +104,7 @@ async fn a_permanent_refusal_fails_at_once_without_trying_the_next_provider() {
     );
     assert_eq!(outcomes(&d), [pair("webhook", "permanent")]);
     assert!(second.requests().is_empty());
-    assert_eq!(stored_message(&t, &id), None);
+    assert_eq!(t.stored_message(&id), None);
 }
 
 fn secs(rfc3339: &Value) -> i64 {
@@ -137,7 +128,7 @@ async fn retryable_failures_back_off_exponentially_and_stop_at_the_codes_expiry(
         if d["state"] != "queued" {
             break d;
         }
-        assert!(stored_message(&t, &id).is_some(), "kept for the retry");
+        assert!(t.stored_message(&id).is_some(), "kept for the retry");
         let now = t.clock.now().millis() / 1000;
         let next = secs(&d["next_attempt_at"]);
         // Whole seconds: a retry planned just before the expiry shows the same second.
@@ -172,7 +163,7 @@ async fn retryable_failures_back_off_exponentially_and_stop_at_the_codes_expiry(
     assert_eq!(gateway.requests().len() as u64, attempts);
     assert_eq!(last["history"].as_array().unwrap().len() as u64, attempts);
     assert_eq!(
-        stored_message(&t, &id),
+        t.stored_message(&id),
         None,
         "the message is erased at expiry"
     );
@@ -290,12 +281,12 @@ async fn a_job_whose_process_died_mid_send_is_sent_by_the_next_one() {
 async fn a_job_no_worker_sent_is_expired_and_erased_by_the_purger() {
     let t = TestApp::spawn_with(&["--delivery-workers", "0"]).await;
     let id = create_sms(&t, json!({"lifetime": 30})).await;
-    assert!(stored_message(&t, &id).is_some());
+    assert!(t.stored_message(&id).is_some());
     t.advance(31);
     t.app().purge_expired().await.unwrap();
     let d = t.delivery(&id).await;
     assert_eq!(d["state"], "expired");
-    assert_eq!(stored_message(&t, &id), None);
+    assert_eq!(t.stored_message(&id), None);
 }
 
 #[tokio::test]
@@ -303,17 +294,11 @@ async fn a_damaged_job_fails_alone_and_its_channel_keeps_sending() {
     let t = TestApp::spawn_with(&["--delivery-workers", "0"]).await;
     let damaged = create_sms(&t, json!({})).await;
     let fine = create_sms(&t, json!({"phone": "77017654321"})).await;
-    let db = rusqlite::Connection::open(t.db_path()).unwrap();
-    db.execute(
-        "UPDATE deliveries SET payload = 'not json' WHERE id = ?1",
-        [&damaged],
-    )
-    .unwrap();
-    drop(db);
+    t.corrupt_message(&damaged);
     let t = t.restart_with(Vec::new()).await;
     assert_eq!(t.finished_delivery(&fine).await["state"], "sent");
     let d = t.finished_delivery(&damaged).await;
     assert_eq!(d["state"], "failed");
     assert_eq!(d["error"], "the stored job could not be read");
-    assert_eq!(stored_message(&t, &damaged), None);
+    assert_eq!(t.stored_message(&damaged), None);
 }

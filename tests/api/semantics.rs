@@ -219,20 +219,26 @@ async fn expired_codes_answer_invalid_password_and_are_purged() {
     t.advance(2);
     assert_eq!(check(&t, "77011234567", "12345").await, "invalid_password");
 
-    let count = || {
-        let db = rusqlite::Connection::open(t.db_path()).unwrap();
-        db.query_row("SELECT count(*) FROM codes", [], |r| r.get::<_, i64>(0))
-            .unwrap()
-    };
-    assert_eq!(count(), 2);
-    assert!(t.app().purge_expired().await.unwrap() >= 1);
-    assert_eq!(count(), 1, "only the live code is left");
+    // SQLite's purger deletes rows; Redis lets keys expire by themselves.
+    if t.sqlite_only("expired_codes_are_purged") {
+        let count = || {
+            let db = rusqlite::Connection::open(t.db_path()).unwrap();
+            db.query_row("SELECT count(*) FROM codes", [], |r| r.get::<_, i64>(0))
+                .unwrap()
+        };
+        assert_eq!(count(), 2);
+        assert!(t.app().purge_expired().await.unwrap() >= 1);
+        assert_eq!(count(), 1, "only the live code is left");
+    }
     assert_eq!(check(&t, "77011231111", "12345").await, "ok");
 }
 
 #[tokio::test]
 async fn the_background_purger_removes_expired_codes() {
     let t = TestApp::spawn().await;
+    if !t.sqlite_only("the_background_purger_removes_expired_codes") {
+        return;
+    }
     for phone in ["77011234567", "77011230000"] {
         let body = json!({"phone": phone, "password": "12345", "lifetime": 30});
         t.post_ok("/sms", body).await;
@@ -265,21 +271,19 @@ async fn codes_are_stored_only_as_hashes_and_messages_are_erased_after_delivery(
         .await;
     t.finished_delivery(a.body["content"]["id"].as_str().unwrap())
         .await;
-    let db = rusqlite::Connection::open(t.db_path()).unwrap();
-    let hash: Vec<u8> = db
-        .query_row("SELECT hash FROM codes", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(hash.len(), 32);
-    assert!(!hash.windows(6).any(|w| w == b"918273"));
-    let payload: Option<String> = db
-        .query_row("SELECT payload FROM deliveries", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(payload, None);
+    let id = a.body["content"]["id"].as_str().unwrap();
+    let stored = t.raw_contents();
+    assert!(!stored.is_empty());
+    assert!(!stored.contains("918273"), "{stored}");
+    assert_eq!(t.stored_message(id), None);
 }
 
 #[tokio::test]
 async fn the_generated_secret_is_kept_beside_the_database_with_mode_0600() {
     let t = TestApp::spawn().await;
+    if !t.sqlite_only("the_generated_secret_is_kept_beside_the_database") {
+        return;
+    }
     let path = t.dir.path().join("otpd.secret");
     let meta = std::fs::metadata(&path).unwrap();
     #[cfg(unix)]

@@ -55,8 +55,75 @@ impl Answer {
     }
 }
 
+/// Which store the suite runs against: SQLite, or (with `OTPD_TEST_STORE=redis`) a
+/// Redis every test shares under a key prefix of its own.
+#[derive(Clone)]
+pub enum TestStore {
+    Sqlite,
+    Redis { url: String, prefix: String },
+}
+
+/// Replicas on a Redis store must share the key; tests use this one.
+pub const REDIS_SECRET: &str = "a-test-secret-shared-by-every-replica-0123";
+
+impl TestStore {
+    pub fn chosen() -> TestStore {
+        match std::env::var("OTPD_TEST_STORE").as_deref() {
+            Ok("redis") => TestStore::redis(crate::redis_server::shared_url()),
+            _ => TestStore::Sqlite,
+        }
+    }
+
+    /// A fresh namespace on the Redis at `url`.
+    pub fn redis(url: String) -> TestStore {
+        let prefix = format!("t{:016x}", rand_u64());
+        TestStore::Redis { url, prefix }
+    }
+
+    fn args(&self, dir: &std::path::Path) -> Vec<String> {
+        match self {
+            TestStore::Sqlite => vec![
+                "--store".into(),
+                format!("sqlite://{}", dir.join("otpd.db").display()),
+            ],
+            TestStore::Redis { url, prefix } => vec![
+                "--store".into(),
+                url.clone(),
+                "--redis-prefix".into(),
+                prefix.clone(),
+                "--secret".into(),
+                REDIS_SECRET.into(),
+            ],
+        }
+    }
+
+    fn redis_conn(&self) -> Option<(redis::Connection, String)> {
+        match self {
+            TestStore::Sqlite => None,
+            TestStore::Redis { url, prefix } => {
+                let client = redis::Client::open(url.as_str()).unwrap();
+                Some((client.get_connection().unwrap(), prefix.clone()))
+            }
+        }
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
 pub struct TestApp {
     app: Option<App>,
+    pub store: TestStore,
     pub base: String,
     pub client: reqwest::Client,
     pub clock: Arc<ManualClock>,
@@ -71,19 +138,38 @@ impl TestApp {
     }
 
     pub async fn spawn_with(args: &[&str]) -> TestApp {
+        TestApp::spawn_on(TestStore::chosen(), args).await
+    }
+
+    pub async fn spawn_on(store: TestStore, args: &[&str]) -> TestApp {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let clock = ManualClock::starting_at(SystemClock.now());
         let args = args.iter().map(|s| s.to_string()).collect();
-        TestApp::start(dir, clock, Captured::default(), args).await
+        TestApp::start(store, dir, clock, Captured::default(), args).await
+    }
+
+    /// Another replica on the same store, clock and settings, with its own console.
+    pub async fn replica(&self) -> TestApp {
+        TestApp::start(
+            self.store.clone(),
+            Arc::new(tempfile::tempdir().unwrap()),
+            self.clock.clone(),
+            Captured::default(),
+            self.args.clone(),
+        )
+        .await
     }
 
     async fn start(
+        store: TestStore,
         dir: Arc<tempfile::TempDir>,
         clock: Arc<ManualClock>,
         console: Captured,
         args: Vec<String>,
     ) -> TestApp {
-        let config = Cli::try_parse_from(argv(dir.path(), &args)).unwrap().config;
+        let config = Cli::try_parse_from(argv(&store, dir.path(), &args))
+            .unwrap()
+            .config;
         let deps = Deps {
             clock: clock.clone(),
             console: ConsoleOut::to(console.clone()),
@@ -92,6 +178,7 @@ impl TestApp {
         TestApp {
             base: format!("http://{}", app.local_addr()),
             app: Some(app),
+            store,
             client: reqwest::Client::new(),
             clock,
             console,
@@ -104,7 +191,7 @@ impl TestApp {
     pub async fn start_error(args: &[&str]) -> String {
         let dir = tempfile::tempdir().unwrap();
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let config = match Cli::try_parse_from(argv(dir.path(), &args)) {
+        let config = match Cli::try_parse_from(argv(&TestStore::chosen(), dir.path(), &args)) {
             Ok(cli) => cli.config,
             Err(e) => return e.to_string(),
         };
@@ -124,6 +211,7 @@ impl TestApp {
     pub async fn restart_with(mut self, args: Vec<String>) -> TestApp {
         self.app.take().unwrap().shutdown().await;
         TestApp::start(
+            self.store.clone(),
             self.dir.clone(),
             self.clock.clone(),
             self.console.clone(),
@@ -138,6 +226,190 @@ impl TestApp {
 
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("otpd.db")
+    }
+
+    pub fn on_sqlite(&self) -> bool {
+        matches!(self.store, TestStore::Sqlite)
+    }
+
+    /// Whether a test that looks inside SQLite itself applies; says so when it does not.
+    pub fn sqlite_only(&self, test: &str) -> bool {
+        if !self.on_sqlite() {
+            eprintln!("{test}: checks SQLite's own behaviour; not run on this store");
+        }
+        self.on_sqlite()
+    }
+
+    /// The stored message of a delivery job; `None` once erased.
+    pub fn stored_message(&self, id: &str) -> Option<String> {
+        match self.store.redis_conn() {
+            None => {
+                let db = rusqlite::Connection::open(self.db_path()).unwrap();
+                db.query_row("SELECT payload FROM deliveries WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .unwrap()
+            }
+            Some((mut conn, prefix)) => {
+                ["sms", "call", "email", "telegram"].iter().find_map(|ch| {
+                    redis::cmd("GET")
+                        .arg(format!("{{{prefix}:{ch}}}:msg:{id}"))
+                        .query::<Option<String>>(&mut conn)
+                        .unwrap()
+                })
+            }
+        }
+    }
+
+    /// Overwrites a job's stored message with something unreadable.
+    pub fn corrupt_message(&self, id: &str) {
+        match self.store.redis_conn() {
+            None => {
+                let db = rusqlite::Connection::open(self.db_path()).unwrap();
+                db.execute(
+                    "UPDATE deliveries SET payload = 'not json' WHERE id = ?1",
+                    [id],
+                )
+                .unwrap();
+            }
+            Some((mut conn, prefix)) => {
+                for ch in ["sms", "call", "email", "telegram"] {
+                    let _: () = redis::cmd("SET")
+                        .arg(format!("{{{prefix}:{ch}}}:msg:{id}"))
+                        .arg("not json")
+                        .arg("XX")
+                        .arg("KEEPTTL")
+                        .query(&mut conn)
+                        .unwrap();
+                }
+            }
+        }
+    }
+
+    /// Stores unreadable IP limit rules for `channel`.
+    pub fn corrupt_limit_rules(&self, channel: &str) {
+        match self.store.redis_conn() {
+            None => {
+                let db = rusqlite::Connection::open(self.db_path()).unwrap();
+                db.execute(
+                    "INSERT INTO limit_rules (channel, kind, rules) VALUES (?1, 'ip', 'not json')",
+                    [channel],
+                )
+                .unwrap();
+            }
+            Some((mut conn, prefix)) => {
+                let _: () = redis::cmd("HSET")
+                    .arg(format!("{{{prefix}:{channel}}}:rules"))
+                    .arg("ip")
+                    .arg("not json")
+                    .query(&mut conn)
+                    .unwrap();
+            }
+        }
+    }
+
+    /// `(state, error)` of every delivery job, sorted.
+    pub fn delivery_states(&self) -> Vec<(String, Option<String>)> {
+        let mut states: Vec<(String, Option<String>)> = match self.store.redis_conn() {
+            None => {
+                let db = rusqlite::Connection::open(self.db_path()).unwrap();
+                let mut rows = db.prepare("SELECT state, error FROM deliveries").unwrap();
+                rows.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap()
+            }
+            Some((mut conn, prefix)) => {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{{{prefix}:*}}:job:*"))
+                    .query(&mut conn)
+                    .unwrap();
+                keys.iter()
+                    .map(|k| {
+                        redis::cmd("HMGET")
+                            .arg(k)
+                            .arg("state")
+                            .arg("error")
+                            .query::<(String, Option<String>)>(&mut conn)
+                            .unwrap()
+                    })
+                    .collect()
+            }
+        };
+        states.sort();
+        states
+    }
+
+    /// Everything the store holds, as text: to show what is (not) kept.
+    pub fn raw_contents(&self) -> String {
+        match self.store.redis_conn() {
+            None => {
+                let db = rusqlite::Connection::open(self.db_path()).unwrap();
+                let mut out = String::new();
+                for table in [
+                    "codes",
+                    "guesses",
+                    "sends",
+                    "limit_rules",
+                    "deliveries",
+                    "link_codes",
+                ] {
+                    let mut rows = db.prepare(&format!("SELECT * FROM {table}")).unwrap();
+                    let n = rows.column_count();
+                    let mut q = rows.query([]).unwrap();
+                    while let Some(row) = q.next().unwrap() {
+                        for i in 0..n {
+                            let v: rusqlite::types::Value = row.get(i).unwrap();
+                            out.push_str(&format!("{v:?} "));
+                        }
+                        out.push('\n');
+                    }
+                }
+                out
+            }
+            Some((mut conn, prefix)) => {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{{{prefix}:*"))
+                    .query(&mut conn)
+                    .unwrap();
+                let mut out = String::new();
+                for key in keys {
+                    let kind: String = redis::cmd("TYPE").arg(&key).query(&mut conn).unwrap();
+                    // The outbox stream exists as soon as a worker looked at it.
+                    if kind == "stream"
+                        && redis::cmd("XLEN")
+                            .arg(&key)
+                            .query::<u64>(&mut conn)
+                            .unwrap()
+                            == 0
+                    {
+                        continue;
+                    }
+                    let value: redis::Value = match kind.as_str() {
+                        "string" => redis::cmd("GET").arg(&key).query(&mut conn),
+                        "hash" => redis::cmd("HGETALL").arg(&key).query(&mut conn),
+                        "list" => redis::cmd("LRANGE")
+                            .arg(&key)
+                            .arg(0)
+                            .arg(-1)
+                            .query(&mut conn),
+                        "zset" => redis::cmd("ZRANGE")
+                            .arg(&key)
+                            .arg(0)
+                            .arg(-1)
+                            .query(&mut conn),
+                        _ => redis::cmd("XRANGE")
+                            .arg(&key)
+                            .arg("-")
+                            .arg("+")
+                            .query(&mut conn),
+                    }
+                    .unwrap();
+                    out.push_str(&format!("{key} {value:?}\n"));
+                }
+                out
+            }
+        }
     }
 
     pub fn advance(&self, secs: u64) {
@@ -257,16 +529,10 @@ impl TestApp {
     }
 }
 
-/// The command line of a test server: a free loopback port, a store in `dir`, then `args`.
-fn argv(dir: &std::path::Path, args: &[String]) -> Vec<String> {
-    let db = dir.join("otpd.db");
-    let mut argv = vec![
-        "otpd".to_string(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--store".into(),
-        format!("sqlite://{}", db.display()),
-    ];
+/// The command line of a test server: a free loopback port, the store, then `args`.
+fn argv(store: &TestStore, dir: &std::path::Path, args: &[String]) -> Vec<String> {
+    let mut argv = vec!["otpd".to_string(), "--listen".into(), "127.0.0.1:0".into()];
+    argv.extend(store.args(dir));
     argv.extend(args.iter().cloned());
     argv
 }

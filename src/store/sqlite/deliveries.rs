@@ -1,24 +1,16 @@
 //! The delivery outbox.
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use serde::{Deserialize, Serialize};
 
 use super::map_err;
 use crate::clock::Timestamp;
-use crate::delivery::{
-    AttemptReport, AttemptResult, DeliveryId, DeliveryJob, DeliveryState, ProviderTry,
-};
+use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob, DeliveryState};
 use crate::domain::Channel;
-use crate::domain::code::Password;
-use crate::domain::message::MessageContent;
-use crate::store::{DeliveryStatus, HistoryEntry, NewCode, StoreError};
+use crate::store::outbox::{AttemptEnd, Payload, StoredTry, cap_history};
+use crate::store::{DeliveryStatus, NewCode, StoreError};
 
 pub(super) fn enqueue(conn: &Connection, code: &NewCode) -> Result<(), StoreError> {
-    let payload = serde_json::to_string(&Payload {
-        content: code.content.clone(),
-        code: Some(code.code.reveal().to_owned()),
-    })
-    .map_err(|e| StoreError::Internal(format!("cannot encode a message: {e}")))?;
+    let payload = Payload::encode(code)?;
     let now = code.now.millis();
     conn.prepare_cached(
         "INSERT INTO deliveries (id, channel, target, payload, state, created_at, updated_at,
@@ -148,31 +140,18 @@ pub(super) fn next_due(
     Ok(at.map(Timestamp::from_millis))
 }
 
-/// What the `payload` column holds until the job ends.
-#[derive(Serialize, Deserialize)]
-struct Payload {
-    #[serde(flatten)]
-    content: MessageContent,
-    /// Absent in jobs queued by versions before it was kept.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    code: Option<String>,
-}
-
 fn job_from_row(row: &Row<'_>) -> Result<DeliveryJob, StoreError> {
     let id: String = row.get(0).map_err(map_err)?;
     let payload: Option<String> = row.get(3).map_err(map_err)?;
-    let payload: Payload =
-        serde_json::from_str(payload.as_deref().unwrap_or_default()).map_err(|e| {
-            StoreError::Internal(format!("delivery {id} has an unreadable message: {e}"))
-        })?;
+    let (content, code) = Payload::decode(payload.as_deref(), &id)?;
     Ok(DeliveryJob {
         id: id
             .parse()
             .map_err(|()| StoreError::Internal(format!("bad delivery id {id:?}")))?,
         channel: parse_channel(row.get(1).map_err(map_err)?)?,
         target: row.get(2).map_err(map_err)?,
-        content: payload.content,
-        code: payload.code.and_then(|c| Password::parse(&c).ok()),
+        content,
+        code,
         attempts: row.get(4).map_err(map_err)?,
         expires_at: Timestamp::from_millis(row.get(5).map_err(map_err)?),
     })
@@ -200,35 +179,7 @@ pub(super) fn finish(
     };
     let history = append_history(&history, report, now)?;
     let now = now.millis();
-    // Every end state but a retry erases the message: it holds the code.
-    let (state, provider, message_id, error, next_attempt_at) = match &report.result {
-        AttemptResult::Sent {
-            provider,
-            message_id,
-        } => (
-            DeliveryState::Sent,
-            Some(provider),
-            message_id.as_ref(),
-            None,
-            None,
-        ),
-        AttemptResult::Retry { at, error } => (
-            DeliveryState::Queued,
-            None,
-            None,
-            Some(error),
-            Some(at.millis()),
-        ),
-        // The provider that refused the message is the one to show.
-        AttemptResult::Failed { error } => (
-            DeliveryState::Failed,
-            report.tries.last().map(|t| &t.provider),
-            None,
-            Some(error),
-            None,
-        ),
-        AttemptResult::Expired { error } => (DeliveryState::Expired, None, None, Some(error), None),
-    };
+    let end = AttemptEnd::of(report);
     conn.prepare_cached(
         "UPDATE deliveries
          SET state = ?2, provider = coalesce(?3, provider), provider_message_id = ?4, error = ?5,
@@ -240,11 +191,11 @@ pub(super) fn finish(
     .and_then(|mut s| {
         s.execute(params![
             id,
-            state.as_str(),
-            provider,
-            message_id,
-            error,
-            next_attempt_at,
+            end.state.as_str(),
+            end.provider,
+            end.message_id,
+            end.error,
+            end.next_attempt_at.map(Timestamp::millis),
             now,
             history
         ])
@@ -260,30 +211,10 @@ fn append_history(
 ) -> Result<String, StoreError> {
     let mut entries: Vec<StoredTry> = serde_json::from_str(history)
         .map_err(|e| StoreError::Internal(format!("unreadable delivery history: {e}")))?;
-    entries.extend(report.tries.iter().map(|tried| StoredTry {
-        attempt: report.attempt,
-        at: now.millis(),
-        tried: tried.clone(),
-    }));
-    // A long-lived code retried for hours would grow this without end; the first
-    // entries and the latest are what an operator reads.
-    if entries.len() > MAX_HISTORY {
-        entries.drain(KEEP_FIRST..entries.len() - (MAX_HISTORY - KEEP_FIRST));
-    }
+    entries.extend(StoredTry::from_report(report, now));
+    cap_history(&mut entries);
     serde_json::to_string(&entries)
         .map_err(|e| StoreError::Internal(format!("cannot encode a delivery history: {e}")))
-}
-
-const MAX_HISTORY: usize = 50;
-const KEEP_FIRST: usize = 10;
-
-/// A history entry as kept in the `history` column.
-#[derive(Serialize, Deserialize)]
-struct StoredTry {
-    attempt: u32,
-    at: i64,
-    #[serde(flatten)]
-    tried: ProviderTry,
 }
 
 pub(super) fn status(
@@ -334,14 +265,7 @@ pub(super) fn status(
         .map_err(|()| StoreError::Internal(format!("unknown delivery state {state:?}")))?;
     let history: Vec<StoredTry> = serde_json::from_str(&history)
         .map_err(|e| StoreError::Internal(format!("unreadable delivery history: {e}")))?;
-    status.history = history
-        .into_iter()
-        .map(|t| HistoryEntry {
-            attempt: t.attempt,
-            at: rfc(t.at),
-            tried: t.tried,
-        })
-        .collect();
+    status.history = history.into_iter().map(StoredTry::into_entry).collect();
     Ok(Some(status))
 }
 

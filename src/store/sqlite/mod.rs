@@ -201,6 +201,7 @@ impl Store for SqliteStore {
 
     async fn finish_attempt(
         &self,
+        _channel: Channel,
         id: DeliveryId,
         report: AttemptReport,
         now: Timestamp,

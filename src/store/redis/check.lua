@@ -1,0 +1,29 @@
+-- Check a code, per domain::verification::decide_check. KEYS: codes, guesses.
+-- ARGV: now, hash (hex), max_attempts. The hashes are keyed HMACs, so comparing them
+-- in plain Lua tells a timing attacker nothing about the code.
+local now = tonumber(ARGV[1])
+local guesses = redis.call('HMGET', KEYS[2], 'failures', 'burned', 'until')
+local failures = 0
+if guesses[3] and tonumber(guesses[3]) > now then
+  if guesses[2] == '1' then return 'attempts_exceeded' end
+  failures = tonumber(guesses[1])
+end
+local live, latest = 0, 0
+for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local until_ = tonumber(string.sub(entry, 66))
+  if until_ > now then
+    if string.sub(entry, 1, 64) == ARGV[2] then
+      redis.call('DEL', KEYS[1], KEYS[2])
+      return 'verified'
+    end
+    live = live + 1
+    latest = math.max(latest, until_)
+  end
+end
+if live == 0 then return 'invalid_password' end
+failures = failures + 1
+local burned = failures >= tonumber(ARGV[3])
+redis.call('HSET', KEYS[2], 'failures', failures, 'burned', burned and '1' or '0', 'until', latest)
+redis.call('PEXPIREAT', KEYS[2], latest)
+if burned then redis.call('DEL', KEYS[1]) end
+return 'invalid_password'

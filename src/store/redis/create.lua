@@ -1,0 +1,33 @@
+-- Create a code. KEYS: rules, ip sends, target sends, codes, guesses, queue, job, msg.
+-- ARGV: now, expires_at, max_active, hash (hex), has_ip, send member, default target
+-- rules (JSON), delivery id, channel, target, payload, retention (ms).
+local now, expires = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ip_rules = rules_from(redis.call('HGET', KEYS[1], 'ip'))
+local target_rules = rules_from(redis.call('HGET', KEYS[1], 'target') or ARGV[7])
+if #ip_rules > 0 then
+  if ARGV[5] ~= '1' then return {'ip_required'} end
+  local hit = limit_hit(KEYS[2], ip_rules, now)
+  if hit then return {'limited', 'ip', hit[1], hit[2], hit[3]} end
+end
+local hit = limit_hit(KEYS[3], target_rules, now)
+if hit then return {'limited', 'target', hit[1], hit[2], hit[3]} end
+
+-- Live codes, newest first, at most max_active: "hash:expires_at".
+local kept, latest = {ARGV[4] .. ':' .. ARGV[2]}, expires
+for _, entry in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+  local until_ = tonumber(string.sub(entry, 66))
+  if until_ > now and #kept < tonumber(ARGV[3]) then
+    table.insert(kept, entry)
+    latest = math.max(latest, until_)
+  end
+end
+redis.call('DEL', KEYS[4])
+redis.call('RPUSH', KEYS[4], unpack(kept))
+redis.call('PEXPIREAT', KEYS[4], latest)
+-- A new send starts a new round of guesses.
+redis.call('DEL', KEYS[5])
+if ARGV[5] == '1' then record(KEYS[2], ip_rules, now, ARGV[6]) end
+record(KEYS[3], target_rules, now, ARGV[6])
+enqueue(KEYS[6], KEYS[7], KEYS[8], ARGV[8], ARGV[9], ARGV[10], ARGV[11], now, expires,
+  tonumber(ARGV[12]))
+return {'created'}

@@ -1,0 +1,44 @@
+-- Record how an attempt ended. KEYS: job, history, queue, delayed, msg.
+-- ARGV: attempt, state, provider, message id, error, next attempt at, now, retention,
+-- delivery id, then one history entry (JSON) per provider asked.
+-- Returns 0 when the job's lease was taken over meanwhile (nothing is written).
+local job = KEYS[1]
+if redis.call('HGET', job, 'state') ~= 'sending'
+    or redis.call('HGET', job, 'attempts') ~= ARGV[1] then
+  return 0
+end
+local entry = redis.call('HGET', job, 'entry')
+if entry then
+  redis.call('XACK', KEYS[3], 'workers', entry)
+  redis.call('XDEL', KEYS[3], entry)
+end
+redis.call('HDEL', job, 'lease_until', 'entry')
+redis.call('HSET', job, 'state', ARGV[2], 'updated_at', ARGV[7])
+if ARGV[3] ~= '' then redis.call('HSET', job, 'provider', ARGV[3]) end
+if ARGV[4] ~= '' then
+  redis.call('HSET', job, 'provider_message_id', ARGV[4])
+else
+  redis.call('HDEL', job, 'provider_message_id')
+end
+if ARGV[5] ~= '' then
+  redis.call('HSET', job, 'error', ARGV[5])
+else
+  redis.call('HDEL', job, 'error')
+end
+for i = 10, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+-- The first 10 entries and the latest 40 (outbox::cap_history).
+while redis.call('LLEN', KEYS[2]) > 50 do
+  redis.call('LSET', KEYS[2], 10, '\0drop')
+  redis.call('LREM', KEYS[2], 1, '\0drop')
+end
+if ARGV[2] == 'queued' then
+  redis.call('HSET', job, 'next_attempt_at', ARGV[6])
+  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[9])
+  redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', job))
+else
+  -- The message held the code: it goes with the job's end.
+  redis.call('DEL', KEYS[5])
+  redis.call('PEXPIRE', job, ARGV[8])
+  redis.call('PEXPIRE', KEYS[2], ARGV[8])
+end
+return 1

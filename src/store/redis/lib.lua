@@ -1,0 +1,54 @@
+-- Shared by every script (prepended to each): limit checks and send records, mirroring
+-- domain::limits::RuleSet::check. Times are milliseconds from the application's clock
+-- (ARGV), never the server's, so that every replica and every test agree.
+
+local function rules_from(raw)
+  if not raw or raw == '' then return {} end
+  return cjson.decode(raw)
+end
+
+-- The refusal {minutes, rate, retry_after_secs} of the strictest rule `key`'s sends
+-- break, or nil.
+local function limit_hit(key, rules, now)
+  local worst = nil
+  for _, rule in ipairs(rules) do
+    local window = rule.minutes * 60000
+    local recent = redis.call('ZREVRANGEBYSCORE', key, '+inf', '(' .. (now - window),
+      'WITHSCORES', 'LIMIT', 0, rule.rate)
+    if #recent / 2 >= rule.rate then
+      local blocking = tonumber(recent[rule.rate * 2])
+      local retry = math.max(1, math.ceil((blocking + window - now) / 1000))
+      if worst == nil or retry > worst[3] then
+        worst = {rule.minutes, rule.rate, retry}
+      end
+    end
+  end
+  return worst
+end
+
+local function longest_window(rules)
+  local longest = 60000
+  for _, rule in ipairs(rules) do
+    longest = math.max(longest, rule.minutes * 60000)
+  end
+  return longest
+end
+
+-- Records a send (or a failure) at `now`; what no rule can count any more goes.
+local function record(key, rules, now, member)
+  local keep = longest_window(rules)
+  redis.call('ZADD', key, now, member)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - keep)
+  redis.call('PEXPIRE', key, keep)
+end
+
+-- Puts a job in the outbox: its metadata, its message (which Redis erases by itself at
+-- the code's expiry at the latest) and its stream entry.
+local function enqueue(queue, job, msg, id, channel, target, payload, now, expires, retention)
+  redis.call('HSET', job, 'channel', channel, 'target', target, 'state', 'queued',
+    'attempts', 0, 'created_at', now, 'updated_at', now, 'expires_at', expires,
+    'next_attempt_at', now)
+  redis.call('PEXPIREAT', job, expires + retention)
+  redis.call('SET', msg, payload, 'PXAT', expires)
+  redis.call('XADD', queue, '*', 'id', id)
+end

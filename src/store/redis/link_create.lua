@@ -1,0 +1,39 @@
+-- Hand a Telegram chat a code. KEYS: update, rules, target sends, link (by code hash),
+-- chat (the chat's current code), queue, job, msg.
+-- ARGV: now, expires_at, hash (hex), chat id, send member, default target rules,
+-- delivery id, payload, retention (ms), how long a handled update is remembered (ms),
+-- key tag, has update ('1'/'0').
+local now, expires, tag = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[11]
+local function mark_handled()
+  if ARGV[12] == '1' then redis.call('SET', KEYS[1], '1', 'PX', ARGV[10]) end
+end
+if ARGV[12] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return {'handled'} end
+local rules = rules_from(redis.call('HGET', KEYS[2], 'target') or ARGV[6])
+local hit = limit_hit(KEYS[3], rules, now)
+if hit then
+  mark_handled()
+  return {'limited', 'target', hit[1], hit[2], hit[3]}
+end
+-- "chat id|expires_at" under the code's hash: taken while live.
+local holder = redis.call('GET', KEYS[4])
+if holder and tonumber(string.match(holder, '|(%d+)$')) > now then return {'taken'} end
+-- A chat has one live code; a reply of the old one still waiting must not arrive late.
+local previous = redis.call('GET', KEYS[5])
+if previous then
+  local old_hash, old_id = string.match(previous, '^(%x+)|(.+)$')
+  redis.call('DEL', tag .. ':link:' .. old_hash)
+  local old_job = tag .. ':job:' .. old_id
+  if redis.call('HGET', old_job, 'state') == 'queued' then
+    redis.call('HSET', old_job, 'state', 'failed', 'updated_at', ARGV[1],
+      'error', 'replaced by a newer code for the same chat')
+    redis.call('PEXPIRE', old_job, ARGV[9])
+    redis.call('DEL', tag .. ':msg:' .. old_id)
+  end
+end
+redis.call('SET', KEYS[4], ARGV[4] .. '|' .. ARGV[2], 'PXAT', expires)
+redis.call('SET', KEYS[5], ARGV[3] .. '|' .. ARGV[7], 'PXAT', expires)
+record(KEYS[3], rules, now, ARGV[5])
+enqueue(KEYS[6], KEYS[7], KEYS[8], ARGV[7], 'telegram', ARGV[4], ARGV[8], now, expires,
+  tonumber(ARGV[9]))
+mark_handled()
+return {'created'}

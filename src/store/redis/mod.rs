@@ -1,0 +1,518 @@
+//! The shared store: Redis (or Valkey), for many stateless replicas. Every operation
+//! that reads and then writes is one Lua script, so replicas never interleave inside a
+//! decision. All keys of a channel share the hash tag `{prefix:channel}`, so each script
+//! touches one cluster slot. Keys that hold codes, counters or jobs expire by
+//! themselves. Delivery jobs are a stream per channel with a consumer group.
+
+mod conn;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng;
+use redis::{FromRedisValue, Script, Value};
+
+use self::conn::Conn;
+use super::outbox::{AttemptEnd, Payload, StoredTry};
+use super::{
+    CodeCheck, CreateOutcome, DeliveryStatus, LinkCodeOutcome, LinkLookup, LinkLookupOutcome,
+    NewCode, NewLinkCode, Store, StoreError,
+};
+use crate::clock::Timestamp;
+use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob, DeliveryState};
+use crate::domain::Channel;
+use crate::domain::limits::{LimitHit, LimitKind, LimitRules, LimitRulesUpdate, Rule, RuleSet};
+use crate::domain::verification::CheckOutcome;
+
+/// How long finished jobs stay visible at `GET /deliveries/{id}`.
+const RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Telegram gives up redelivering an update after a day.
+const HANDLED_UPDATES_KEPT: Duration = Duration::from_secs(24 * 3600);
+
+macro_rules! script {
+    ($file:literal) => {
+        Script::new(concat!(include_str!("lib.lua"), "\n", include_str!($file)))
+    };
+}
+
+struct Scripts {
+    create: Script,
+    check: Script,
+    rules: Script,
+    claim: Script,
+    finish: Script,
+    expire: Script,
+    link_create: Script,
+    link_take: Script,
+}
+
+pub struct RedisStore {
+    conn: Conn,
+    scripts: Scripts,
+    prefix: String,
+    /// This process's name in the delivery consumer groups.
+    consumer: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to Redis ({0})")]
+pub struct RedisOpenError(String);
+
+impl RedisStore {
+    /// Connects (to one server, or to a cluster through its seed nodes) and checks the
+    /// server answers.
+    pub async fn open(
+        nodes: &[String],
+        cluster: bool,
+        prefix: &str,
+    ) -> Result<Self, RedisOpenError> {
+        let conn = Conn::open(nodes, cluster).await.map_err(RedisOpenError)?;
+        let store = RedisStore {
+            conn,
+            scripts: Scripts {
+                create: script!("create.lua"),
+                check: script!("check.lua"),
+                rules: script!("rules.lua"),
+                claim: script!("claim.lua"),
+                finish: script!("finish.lua"),
+                expire: script!("expire.lua"),
+                link_create: script!("link_create.lua"),
+                link_take: script!("link_take.lua"),
+            },
+            prefix: prefix.to_owned(),
+            consumer: format!("otpd-{:016x}", rand::thread_rng().r#gen::<u64>()),
+        };
+        store
+            .ping()
+            .await
+            .map_err(|e| RedisOpenError(e.to_string()))?;
+        Ok(store)
+    }
+
+    /// `{prefix:channel}`: the hash tag every key of a channel starts with.
+    fn tag(&self, channel: Channel) -> String {
+        format!("{{{}:{}}}", self.prefix, channel)
+    }
+
+    fn key(&self, channel: Channel, rest: &str) -> String {
+        format!("{}:{rest}", self.tag(channel))
+    }
+}
+
+fn kind_str(kind: LimitKind) -> &'static str {
+    match kind {
+        LimitKind::Ip => "ip",
+        LimitKind::Target => "target",
+        LimitKind::FailedLookup => "failed_lookup",
+    }
+}
+
+/// Unique per send, so two sends in the same millisecond are both counted.
+fn send_member(now: Timestamp) -> String {
+    format!(
+        "{}:{:016x}",
+        now.millis(),
+        rand::thread_rng().r#gen::<u64>()
+    )
+}
+
+fn rules_json(set: &RuleSet) -> Result<String, StoreError> {
+    serde_json::to_string(set)
+        .map_err(|e| StoreError::Internal(format!("cannot encode limit rules: {e}")))
+}
+
+fn parse_rules(raw: Option<String>, default: RuleSet) -> Result<RuleSet, StoreError> {
+    match raw {
+        None => Ok(default),
+        Some(json) => serde_json::from_str(&json)
+            .map_err(|e| StoreError::Internal(format!("stored limit rules are invalid: {e}"))),
+    }
+}
+
+/// `{'limited', minutes, rate, retry_after_secs}` (from `at` on) into a hit.
+fn limit_hit(fields: &[Value], at: usize) -> Result<LimitHit, StoreError> {
+    let number = |i: usize| -> Result<i64, StoreError> {
+        fields
+            .get(at + i)
+            .and_then(|v| i64::from_redis_value(v).ok())
+            .ok_or_else(|| StoreError::Internal("a malformed limit answer from Redis".into()))
+    };
+    let rule = Rule::new(number(0)?, number(1)?).map_err(StoreError::Internal)?;
+    Ok(LimitHit {
+        rule,
+        retry_after_secs: number(2)?.max(1) as u64,
+    })
+}
+
+fn text(fields: &[Value], i: usize) -> Result<String, StoreError> {
+    fields
+        .get(i)
+        .and_then(|v| String::from_redis_value(v).ok())
+        .ok_or_else(|| StoreError::Internal("a malformed answer from Redis".into()))
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn create_code(&self, code: NewCode) -> Result<CreateOutcome, StoreError> {
+        let ch = code.channel;
+        let ip = code.ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let id = code.delivery_id.to_string();
+        let mut call = self.scripts.create.prepare_invoke();
+        call.key(self.key(ch, "rules"))
+            .key(self.key(ch, &format!("sends:ip:{ip}")))
+            .key(self.key(ch, &format!("sends:target:{}", code.target)))
+            .key(self.key(ch, &format!("codes:{}", code.target)))
+            .key(self.key(ch, &format!("guesses:{}", code.target)))
+            .key(self.key(ch, "queue"))
+            .key(self.key(ch, &format!("job:{id}")))
+            .key(self.key(ch, &format!("msg:{id}")))
+            .arg(code.now.millis())
+            .arg(code.expires_at.millis())
+            .arg(code.max_active)
+            .arg(hex::encode(code.hash.0))
+            .arg(if code.ip.is_some() { "1" } else { "0" })
+            .arg(send_member(code.now))
+            .arg(rules_json(&LimitRules::default().targets)?)
+            .arg(&id)
+            .arg(ch.as_str())
+            .arg(&code.target)
+            .arg(Payload::encode(&code)?)
+            .arg(RETENTION.as_millis() as u64);
+        let answer: Vec<Value> = self.conn.invoke(&mut call).await?;
+        match text(&answer, 0)?.as_str() {
+            "created" => Ok(CreateOutcome::Created),
+            "ip_required" => Ok(CreateOutcome::IpRequired),
+            "limited" => {
+                let kind = match text(&answer, 1)?.as_str() {
+                    "ip" => LimitKind::Ip,
+                    _ => LimitKind::Target,
+                };
+                Ok(CreateOutcome::Limited(kind, limit_hit(&answer, 2)?))
+            }
+            other => Err(StoreError::Internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    async fn check_code(&self, check: CodeCheck) -> Result<CheckOutcome, StoreError> {
+        let ch = check.channel;
+        let mut call = self.scripts.check.prepare_invoke();
+        call.key(self.key(ch, &format!("codes:{}", check.target)))
+            .key(self.key(ch, &format!("guesses:{}", check.target)))
+            .arg(check.now.millis())
+            .arg(hex::encode(check.hash.0))
+            .arg(check.max_attempts);
+        let answer: String = self.conn.invoke(&mut call).await?;
+        match answer.as_str() {
+            "verified" => Ok(CheckOutcome::Verified),
+            "invalid_password" => Ok(CheckOutcome::InvalidPassword),
+            "attempts_exceeded" => Ok(CheckOutcome::AttemptsExceeded),
+            other => Err(StoreError::Internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    async fn limit_rules(&self, channel: Channel) -> Result<LimitRules, StoreError> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.key(channel, "rules")).arg("ip").arg("target");
+        let (ips, targets): (Option<String>, Option<String>) = self.conn.query(&cmd).await?;
+        let defaults = LimitRules::default();
+        Ok(LimitRules {
+            ips: parse_rules(ips, defaults.ips)?,
+            targets: parse_rules(targets, defaults.targets)?,
+        })
+    }
+
+    async fn update_limit_rules(
+        &self,
+        channel: Channel,
+        update: LimitRulesUpdate,
+    ) -> Result<LimitRules, StoreError> {
+        let json = |set: &Option<RuleSet>| set.as_ref().map(rules_json).transpose();
+        let mut call = self.scripts.rules.prepare_invoke();
+        call.key(self.key(channel, "rules"))
+            .arg(json(&update.ips)?.unwrap_or_default())
+            .arg(json(&update.targets)?.unwrap_or_default());
+        let (ips, targets): (Option<String>, Option<String>) = self.conn.invoke(&mut call).await?;
+        let defaults = LimitRules::default();
+        Ok(LimitRules {
+            ips: parse_rules(ips, defaults.ips)?,
+            targets: parse_rules(targets, defaults.targets)?,
+        })
+    }
+
+    async fn claim_deliveries(
+        &self,
+        channel: Channel,
+        now: Timestamp,
+        lease_until: Timestamp,
+        max: usize,
+    ) -> Result<Vec<DeliveryJob>, StoreError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let mut call = self.scripts.claim.prepare_invoke();
+        call.key(self.key(channel, "queue"))
+            .key(self.key(channel, "delayed"))
+            .arg(now.millis())
+            .arg(lease_until.millis())
+            .arg(max)
+            .arg(&self.consumer)
+            .arg(self.tag(channel))
+            .arg(RETENTION.as_millis() as u64);
+        let rows: Vec<(String, String, String, u32, i64)> = self.conn.invoke(&mut call).await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for (id, target, payload, attempts, expires_at) in rows {
+            let parsed = id
+                .parse::<DeliveryId>()
+                .map_err(|()| StoreError::Internal(format!("bad delivery id {id:?}")))
+                .and_then(|delivery| Ok((delivery, Payload::decode(Some(&payload), &id)?)));
+            match parsed {
+                Ok((delivery, (content, code))) => jobs.push(DeliveryJob {
+                    id: delivery,
+                    channel,
+                    target,
+                    content,
+                    code,
+                    attempts,
+                    expires_at: Timestamp::from_millis(expires_at),
+                }),
+                Err(e) => {
+                    // One damaged job must not stop its channel: it fails alone.
+                    tracing::error!(error = %e, "a delivery job cannot be read; marking it failed");
+                    let report = AttemptReport {
+                        attempt: attempts,
+                        result: crate::delivery::AttemptResult::Failed {
+                            error: "the stored job could not be read".into(),
+                        },
+                        tries: Vec::new(),
+                    };
+                    if let Ok(delivery) = id.parse::<DeliveryId>() {
+                        self.finish_in(channel, delivery, &report, now).await?;
+                    }
+                }
+            }
+        }
+        Ok(jobs)
+    }
+
+    async fn next_delivery_due(&self, channel: Channel) -> Result<Option<Timestamp>, StoreError> {
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(self.key(channel, "delayed"))
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES");
+        let first: Vec<(String, f64)> = self.conn.query(&cmd).await?;
+        Ok(first
+            .first()
+            .map(|(_, at)| Timestamp::from_millis(*at as i64)))
+    }
+
+    async fn finish_attempt(
+        &self,
+        channel: Channel,
+        id: DeliveryId,
+        report: AttemptReport,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.finish_in(channel, id, &report, now).await
+    }
+
+    async fn create_link_code(&self, link: NewLinkCode) -> Result<LinkCodeOutcome, StoreError> {
+        let ch = Channel::Telegram;
+        let code = &link.code;
+        let id = code.delivery_id.to_string();
+        let hash = hex::encode(code.hash.0);
+        let mut call = self.scripts.link_create.prepare_invoke();
+        call.key(self.key(ch, &format!("update:{}", link.update_id.unwrap_or(0))))
+            .key(self.key(ch, "rules"))
+            .key(self.key(ch, &format!("sends:target:{}", code.target)))
+            .key(self.key(ch, &format!("link:{hash}")))
+            .key(self.key(ch, &format!("linkchat:{}", code.target)))
+            .key(self.key(ch, "queue"))
+            .key(self.key(ch, &format!("job:{id}")))
+            .key(self.key(ch, &format!("msg:{id}")))
+            .arg(code.now.millis())
+            .arg(code.expires_at.millis())
+            .arg(&hash)
+            .arg(&code.target)
+            .arg(send_member(code.now))
+            .arg(rules_json(&LimitRules::default().targets)?)
+            .arg(&id)
+            .arg(Payload::encode(code)?)
+            .arg(RETENTION.as_millis() as u64)
+            .arg(HANDLED_UPDATES_KEPT.as_millis() as u64)
+            .arg(self.tag(ch))
+            .arg(if link.update_id.is_some() { "1" } else { "0" });
+        let answer: Vec<Value> = self.conn.invoke(&mut call).await?;
+        match text(&answer, 0)?.as_str() {
+            "created" => Ok(LinkCodeOutcome::Created),
+            "handled" => Ok(LinkCodeOutcome::AlreadyHandled),
+            "taken" => Ok(LinkCodeOutcome::CodeTaken),
+            "limited" => Ok(LinkCodeOutcome::Limited(limit_hit(&answer, 2)?)),
+            other => Err(StoreError::Internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    async fn record_update(&self, update_id: i64, _now: Timestamp) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(Channel::Telegram, &format!("update:{update_id}")))
+            .arg("1")
+            .arg("NX")
+            .arg("PX")
+            .arg(HANDLED_UPDATES_KEPT.as_millis() as u64);
+        let set: Option<String> = self.conn.query(&cmd).await?;
+        Ok(set.is_some())
+    }
+
+    async fn take_link_code(&self, lookup: LinkLookup) -> Result<LinkLookupOutcome, StoreError> {
+        let ch = Channel::Telegram;
+        let mut call = self.scripts.link_take.prepare_invoke();
+        call.key(self.key(ch, &format!("link:{}", hex::encode(lookup.hash.0))));
+        call.arg(lookup.now.millis())
+            .arg(send_member(lookup.now))
+            .arg(self.tag(ch));
+        for (key, rules) in &lookup.failure_keys {
+            let rule = rules.rules().first().ok_or_else(|| {
+                StoreError::Internal("a /target failure limit without a rule".into())
+            })?;
+            call.key(self.key(
+                ch,
+                &format!("sends:{}:{key}", kind_str(LimitKind::FailedLookup)),
+            ))
+            .arg(rule.minutes)
+            .arg(rule.rate);
+        }
+        let answer: Vec<Value> = self.conn.invoke(&mut call).await?;
+        match text(&answer, 0)?.as_str() {
+            "found" => Ok(LinkLookupOutcome::Found(text(&answer, 1)?)),
+            "not_found" => Ok(LinkLookupOutcome::NotFound),
+            "limited" => Ok(LinkLookupOutcome::Limited(limit_hit(&answer, 1)?)),
+            other => Err(StoreError::Internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    async fn delivery(&self, id: DeliveryId) -> Result<Option<DeliveryStatus>, StoreError> {
+        for channel in Channel::ALL {
+            let mut cmd = redis::cmd("HGETALL");
+            cmd.arg(self.key(channel, &format!("job:{id}")));
+            let fields: std::collections::HashMap<String, String> = self.conn.query(&cmd).await?;
+            if fields.is_empty() {
+                continue;
+            }
+            let mut cmd = redis::cmd("LRANGE");
+            cmd.arg(self.key(channel, &format!("history:{id}")))
+                .arg(0)
+                .arg(-1);
+            let history: Vec<String> = self.conn.query(&cmd).await?;
+            return status_of(id, channel, &fields, &history).map(Some);
+        }
+        Ok(None)
+    }
+
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        // Everything else expires by itself; jobs no worker took need a look.
+        let mut ended = 0;
+        for channel in Channel::ALL {
+            let mut call = self.scripts.expire.prepare_invoke();
+            call.key(self.key(channel, "queue"))
+                .key(self.key(channel, "delayed"))
+                .arg(now.millis())
+                .arg(self.tag(channel))
+                .arg(RETENTION.as_millis() as u64);
+            let n: u64 = self.conn.invoke(&mut call).await?;
+            ended += n;
+        }
+        Ok(ended)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let pong: String = self.conn.query(&redis::cmd("PING")).await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(format!("PING answered {pong:?}")))
+        }
+    }
+
+    async fn close(&self) {}
+}
+
+impl RedisStore {
+    async fn finish_in(
+        &self,
+        channel: Channel,
+        id: DeliveryId,
+        report: &AttemptReport,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let end = AttemptEnd::of(report);
+        let mut call = self.scripts.finish.prepare_invoke();
+        call.key(self.key(channel, &format!("job:{id}")))
+            .key(self.key(channel, &format!("history:{id}")))
+            .key(self.key(channel, "queue"))
+            .key(self.key(channel, "delayed"))
+            .key(self.key(channel, &format!("msg:{id}")))
+            .arg(report.attempt)
+            .arg(end.state.as_str())
+            .arg(end.provider.unwrap_or_default())
+            .arg(end.message_id.unwrap_or_default())
+            .arg(end.error.unwrap_or_default())
+            .arg(end.next_attempt_at.map(Timestamp::millis).unwrap_or(0))
+            .arg(now.millis())
+            .arg(RETENTION.as_millis() as u64)
+            .arg(id.to_string());
+        for tried in StoredTry::from_report(report, now) {
+            let json = serde_json::to_string(&tried)
+                .map_err(|e| StoreError::Internal(format!("cannot encode a history entry: {e}")))?;
+            call.arg(json);
+        }
+        let written: i64 = self.conn.invoke(&mut call).await?;
+        if written == 0 {
+            tracing::warn!(delivery = %id, attempt = report.attempt, "a delivery attempt finished after its lease was taken over");
+        }
+        Ok(())
+    }
+}
+
+fn status_of(
+    id: DeliveryId,
+    channel: Channel,
+    fields: &std::collections::HashMap<String, String>,
+    history: &[String],
+) -> Result<DeliveryStatus, StoreError> {
+    let field = |name: &str| fields.get(name).cloned();
+    let millis = |name: &str| -> Result<i64, StoreError> {
+        field(name)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| StoreError::Internal(format!("delivery {id} lacks {name}")))
+    };
+    let rfc = |ms| Timestamp::from_millis(ms).to_rfc3339();
+    let state_raw = field("state").unwrap_or_default();
+    let state: DeliveryState = state_raw
+        .parse()
+        .map_err(|()| StoreError::Internal(format!("unknown delivery state {state_raw:?}")))?;
+    let history = history
+        .iter()
+        .map(|raw| {
+            serde_json::from_str::<StoredTry>(raw)
+                .map(StoredTry::into_entry)
+                .map_err(|e| StoreError::Internal(format!("unreadable delivery history: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(DeliveryStatus {
+        id: id.to_string(),
+        channel,
+        state,
+        attempts: field("attempts").and_then(|a| a.parse().ok()).unwrap_or(0),
+        provider: field("provider"),
+        provider_message_id: field("provider_message_id"),
+        error: field("error"),
+        created_at: rfc(millis("created_at")?),
+        updated_at: rfc(millis("updated_at")?),
+        expires_at: rfc(millis("expires_at")?),
+        next_attempt_at: match state {
+            DeliveryState::Queued => Some(rfc(millis("next_attempt_at")?)),
+            _ => None,
+        },
+        history,
+    })
+}

@@ -1,0 +1,260 @@
+//! Scale-out: several otpd replicas on one Redis behave as one service. These always run
+//! on Redis (a private `redis-server`, or `OTPD_TEST_REDIS_URL`), whatever store the
+//! rest of the suite uses.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+use crate::durability::{Otpd, call, start};
+use crate::fakes::http::FakeHttp;
+use crate::redis_server::{self, RedisServer};
+use crate::support::{REDIS_SECRET, TestApp, TestStore};
+
+const PHONE: &str = "77011234567";
+
+/// Three in-process replicas sharing one Redis namespace and one clock.
+async fn three_replicas(args: &[&str]) -> Option<[TestApp; 3]> {
+    if !redis_server::available() {
+        redis_server::skip_notice("scale-out");
+        return None;
+    }
+    let a = TestApp::spawn_on(TestStore::redis(redis_server::shared_url()), args).await;
+    let b = a.replica().await;
+    let c = a.replica().await;
+    Some([a, b, c])
+}
+
+#[tokio::test]
+async fn a_code_made_on_one_replica_checks_on_another_and_is_then_spent_for_all() {
+    let Some([a, b, c]) = three_replicas(&[]).await else {
+        return;
+    };
+    a.post_ok("/sms", json!({"phone": PHONE, "password": "424242"}))
+        .await;
+    let body = json!({"phone": PHONE, "password": "424242"});
+    assert_eq!(b.check_outcome("sms", body.clone()).await, "ok");
+    assert_eq!(c.check_outcome("sms", body).await, "invalid_password");
+    // Limit rules set through one replica hold on the others.
+    b.post_ok(
+        "/limit/sms",
+        json!({"phones": [{"minutes": 10, "rate": 1}]}),
+    )
+    .await;
+    let shown = c.get("/limit/sms").await;
+    assert_eq!(
+        shown.body["content"]["phones"],
+        json!([{"minutes": 10, "rate": 1}])
+    );
+}
+
+#[tokio::test]
+async fn a_send_limit_holds_across_replicas_under_concurrent_load() {
+    let Some(replicas) = three_replicas(&["--delivery-workers", "0"]).await else {
+        return;
+    };
+    replicas[0]
+        .post_ok(
+            "/limit/sms",
+            json!({"phones": [{"minutes": 10, "rate": 3}]}),
+        )
+        .await;
+    let mut sends = JoinSet::new();
+    for i in 0..60 {
+        let base = replicas[i % 3].base.clone();
+        let client = replicas[i % 3].client.clone();
+        sends.spawn(async move {
+            let answer: Value = client
+                .post(format!("{base}/sms"))
+                .json(&json!({"phone": PHONE, "password": format!("{i:06}")}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            answer["status_code"]
+                .as_str()
+                .unwrap_or("accepted")
+                .to_owned()
+        });
+    }
+    let answers = sends.join_all().await;
+    let accepted = answers.iter().filter(|a| *a == "accepted").count();
+    let limited = answers.iter().filter(|a| *a == "phone_limit").count();
+    assert_eq!((accepted, limited), (3, 57), "{answers:?}");
+}
+
+#[tokio::test]
+async fn concurrent_wrong_guesses_across_replicas_never_exceed_max_attempts() {
+    let Some(replicas) = three_replicas(&["--max-attempts", "5"]).await else {
+        return;
+    };
+    replicas[0]
+        .post_ok("/sms", json!({"phone": PHONE, "password": "777777"}))
+        .await;
+    let mut guesses = JoinSet::new();
+    for i in 0..50 {
+        let base = replicas[i % 3].base.clone();
+        let client = replicas[i % 3].client.clone();
+        guesses.spawn(async move {
+            let answer: Value = client
+                .get(format!("{base}/sms/check"))
+                .json(&json!({"phone": PHONE, "password": format!("{:06}", 100_000 + i)}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            answer["status_code"].as_str().unwrap_or("ok").to_owned()
+        });
+    }
+    let answers = guesses.join_all().await;
+    let wrong = answers.iter().filter(|a| *a == "invalid_password").count();
+    let exceeded = answers.iter().filter(|a| *a == "attempts_exceeded").count();
+    assert_eq!((wrong, exceeded), (5, 45), "{answers:?}");
+    // The right code no longer helps: the codes were burned at the fifth.
+    let right = json!({"phone": PHONE, "password": "777777"});
+    assert_eq!(
+        replicas[1].check_outcome("sms", right).await,
+        "attempts_exceeded"
+    );
+}
+
+/// A real replica process on `redis`, sending SMS through `gateway`.
+fn replica_process(dir: &std::path::Path, redis: &str, gateway: &str) -> Otpd {
+    start(
+        dir,
+        &[
+            ("OTP_STORE", redis),
+            ("OTP_REDIS_PREFIX", "scale"),
+            ("OTP_SECRET", REDIS_SECRET),
+            ("OTP_SMS_PROVIDERS", "webhook"),
+            ("OTP_SMS_WEBHOOK_URL", gateway),
+            ("OTP_PROVIDER_TIMEOUT", "1"),
+            // A short lease, so that the takeover happens within the test.
+            ("OTP_DELIVERY_LEASE", "3"),
+        ],
+    )
+}
+
+async fn state_of(base: &str, id: &str) -> Value {
+    let client = reqwest::Client::new();
+    call(
+        &client,
+        reqwest::Method::GET,
+        format!("{base}/deliveries/{id}"),
+        json!({}),
+    )
+    .await["content"]
+        .clone()
+}
+
+#[tokio::test]
+async fn a_replica_killed_while_sending_has_its_jobs_delivered_by_the_others() {
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        redis_server::skip_notice("a_replica_killed_while_sending");
+        return;
+    }
+    let redis = RedisServer::start(false);
+    let gateway = FakeHttp::start().await;
+    gateway.hang();
+    let hook = format!("{}/hook", gateway.url());
+    let dir = tempfile::tempdir().unwrap();
+    let mut doomed = replica_process(dir.path(), &redis.url(), &hook);
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let created = call(
+            &client,
+            reqwest::Method::POST,
+            format!("{}/sms", doomed.base),
+            json!({"phone": format!("770112345{i:02}"), "password": format!("{i:04}")}),
+        )
+        .await;
+        ids.push(created["content"]["id"].as_str().unwrap().to_owned());
+    }
+    // Every job is in the doomed replica's hands, waiting on the gateway.
+    gateway.wait_for_requests(5).await;
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+
+    gateway.respond(200, "{}");
+    let others = [
+        replica_process(dir.path(), &redis.url(), &hook),
+        replica_process(dir.path(), &redis.url(), &hook),
+    ];
+    let requests = gateway.wait_for_requests(10).await;
+    for id in &ids {
+        let mut d = Value::Null;
+        for _ in 0..500 {
+            d = state_of(&others[0].base, id).await;
+            if d["state"] == "sent" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(d["state"], "sent", "{d}");
+        assert_eq!(d["attempts"], 2, "{d}");
+        let sends = requests
+            .iter()
+            .filter(|r| r.json()["id"] == id.as_str())
+            .count();
+        assert_eq!(sends, 2, "once by the dead replica, once by a survivor");
+    }
+    for mut other in others {
+        other.child.kill().unwrap();
+        other.child.wait().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_redis_restart_is_survived_without_restarting_otpd() {
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        redis_server::skip_notice("a_redis_restart_is_survived");
+        return;
+    }
+    let mut redis = RedisServer::start(true);
+    let t = TestApp::spawn_on(TestStore::redis(redis.url()), &[]).await;
+    t.post_ok("/sms", json!({"phone": PHONE, "password": "135790"}))
+        .await;
+
+    redis.kill();
+    let ready = t.get("/ready").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    let refused = t
+        .post("/sms", json!({"phone": "77019999999", "password": "1"}))
+        .await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+    );
+    assert!(refused.headers.contains_key("retry-after"));
+
+    redis.restart();
+    let mut ready = false;
+    for _ in 0..500 {
+        if t.get("/ready").await.ok() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(ready, "otpd reconnected by itself");
+    // Redis kept every acknowledged write (append-only, fsync always).
+    let body = json!({"phone": PHONE, "password": "135790"});
+    assert_eq!(t.check_outcome("sms", body).await, "ok");
+    t.post_ok("/sms", json!({"phone": PHONE, "password": "246801"}))
+        .await;
+}
