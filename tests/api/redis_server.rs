@@ -62,15 +62,21 @@ pub fn shared_url() -> String {
 pub struct RedisServer {
     pub port: u16,
     persistent: bool,
+    cluster: bool,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
 impl RedisServer {
     pub fn start(persistent: bool) -> RedisServer {
+        RedisServer::launch(persistent, false)
+    }
+
+    fn launch(persistent: bool, cluster: bool) -> RedisServer {
         let mut server = RedisServer {
             port: free_port(),
             persistent,
+            cluster,
             dir: tempfile::tempdir().unwrap(),
             child: None,
         };
@@ -78,12 +84,51 @@ impl RedisServer {
         server
     }
 
+    /// Three cluster nodes sharing the 16384 slots (no replicas); the cluster is up
+    /// when this returns.
+    pub fn start_cluster() -> Vec<RedisServer> {
+        let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::launch(false, true)).collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            created.status.success(),
+            "{}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            let info = Command::new("redis-cli")
+                .args(["-p", &nodes[0].port.to_string(), "cluster", "info"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                return nodes;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the test cluster did not come up");
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
     fn run(&mut self) {
-        self.child = Some(spawn(self.port, self.dir.path(), self.persistent));
+        self.child = Some(spawn(
+            self.port,
+            self.dir.path(),
+            self.persistent,
+            self.cluster,
+        ));
         wait_until_up(self.port);
     }
 
@@ -108,7 +153,7 @@ impl Drop for RedisServer {
     }
 }
 
-fn spawn(port: u16, dir: &Path, persistent: bool) -> Child {
+fn spawn(port: u16, dir: &Path, persistent: bool, cluster: bool) -> Child {
     let mut cmd = Command::new("redis-server");
     cmd.args([
         "--port",
@@ -120,6 +165,14 @@ fn spawn(port: u16, dir: &Path, persistent: bool) -> Child {
     ])
     .arg("--dir")
     .arg(dir);
+    if cluster {
+        cmd.args([
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ]);
+    }
     if persistent {
         cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
     } else {

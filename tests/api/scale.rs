@@ -258,3 +258,45 @@ async fn a_redis_restart_is_survived_without_restarting_otpd() {
     t.post_ok("/sms", json!({"phone": PHONE, "password": "246801"}))
         .await;
 }
+
+#[tokio::test]
+async fn a_redis_cluster_serves_every_operation_within_its_slots() {
+    if std::process::Command::new("redis-cli")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        redis_server::skip_notice("a_redis_cluster_serves_every_operation");
+        return;
+    }
+    let nodes = RedisServer::start_cluster();
+    let seeds: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let url = format!("redis+cluster://{}", seeds.join(","));
+    let t = TestApp::spawn_on(TestStore::redis(url), &[]).await;
+    let b = t.replica().await;
+    // Every channel (each its own slot), through delivery to the check.
+    for (channel, body) in [
+        ("sms", json!({"phone": PHONE})),
+        ("call", json!({"phone": PHONE})),
+        ("email", json!({"email": "a@example.com"})),
+        ("telegram", json!({"chat_id": "1234567890"})),
+    ] {
+        let code = t.create_and_read_code(channel, body.clone()).await;
+        let mut check = body.clone();
+        check["password"] = json!(code);
+        assert_eq!(b.check_outcome(channel, check).await, "ok", "{channel}");
+    }
+    b.post_ok(
+        "/limit/sms",
+        json!({"phones": [{"minutes": 10, "rate": 1}]}),
+    )
+    .await;
+    let limited = t.post("/sms", json!({"phone": "77010000001"})).await;
+    assert!(limited.ok());
+    let limited = t.post("/sms", json!({"phone": "77010000001"})).await;
+    assert_eq!(limited.code(), "phone_limit");
+    assert!(t.get("/ready").await.ok());
+}
