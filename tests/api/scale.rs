@@ -300,3 +300,46 @@ async fn a_redis_cluster_serves_every_operation_within_its_slots() {
     assert_eq!(limited.code(), "phone_limit");
     assert!(t.get("/ready").await.ok());
 }
+
+#[tokio::test]
+async fn a_full_redis_refuses_every_check_instead_of_counting_only_some() {
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        redis_server::skip_notice("a_full_redis_refuses_every_check");
+        return;
+    }
+    let redis = RedisServer::start(false);
+    let t = TestApp::spawn_on(TestStore::redis(redis.url()), &["--max-attempts", "2"]).await;
+    t.post_ok("/sms", json!({"phone": PHONE, "password": "864200"}))
+        .await;
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let set_limit = |admin: &mut redis::Connection, bytes: &str| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(bytes)
+            .query(admin)
+            .unwrap();
+    };
+    set_limit(&mut admin, "1");
+    // Out of memory, a wrong guess cannot be counted, so no guess is answered at all.
+    for password in ["000001", "000002", "000003", "864200"] {
+        let a = t
+            .get_with_body("/sms/check", json!({"phone": PHONE, "password": password}))
+            .await;
+        assert_eq!(
+            (a.status, a.code()),
+            (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            "{password}"
+        );
+    }
+    set_limit(&mut admin, "0");
+    let right = json!({"phone": PHONE, "password": "864200"});
+    assert_eq!(t.check_outcome("sms", right).await, "ok");
+}

@@ -24,6 +24,6 @@ if live == 0 then return 'invalid_password' end
 failures = failures + 1
 local burned = failures >= tonumber(ARGV[3])
 redis.call('HSET', KEYS[2], 'failures', failures, 'burned', burned and '1' or '0', 'until', latest)
-redis.call('PEXPIREAT', KEYS[2], latest)
+redis.call('PEXPIRE', KEYS[2], ttl(latest, now))
 if burned then redis.call('DEL', KEYS[1]) end
 return 'invalid_password'

@@ -90,6 +90,13 @@ fn is_outage(e: &redis::RedisError) -> bool {
                 | redis::ErrorKind::ClusterDown
                 | redis::ErrorKind::MasterDown
                 | redis::ErrorKind::ReadOnly
+                | redis::ErrorKind::ClusterConnectionNotFound
+        )
+        // Out of memory, a script hogging the server, too few replicas: the server's
+        // trouble, which passes.
+        || matches!(
+            e.code(),
+            Some("OOM" | "BUSY" | "NOREPLICAS" | "MASTERDOWN" | "LOADING" | "MISCONF")
         )
 }
 

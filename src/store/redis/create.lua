@@ -23,7 +23,7 @@ for _, entry in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
 end
 redis.call('DEL', KEYS[4])
 redis.call('RPUSH', KEYS[4], unpack(kept))
-redis.call('PEXPIREAT', KEYS[4], latest)
+redis.call('PEXPIRE', KEYS[4], ttl(latest, now))
 -- A new send starts a new round of guesses.
 redis.call('DEL', KEYS[5])
 if ARGV[5] == '1' then record(KEYS[2], ip_rules, now, ARGV[6]) end

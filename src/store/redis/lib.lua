@@ -1,3 +1,6 @@
+#!lua
+-- The shebang makes Redis check memory before a script runs: a script refused for lack
+-- of memory must not half-run (a wrong guess uncounted while a right one passes).
 -- Shared by every script (prepended to each): limit checks and send records, mirroring
 -- domain::limits::RuleSet::check. Times are milliseconds from the application's clock
 -- (ARGV), never the server's, so that every replica and every test agree.
@@ -18,7 +21,8 @@ local function limit_hit(key, rules, now)
     if #recent / 2 >= rule.rate then
       local blocking = tonumber(recent[rule.rate * 2])
       local retry = math.max(1, math.ceil((blocking + window - now) / 1000))
-      if worst == nil or retry > worst[3] then
+      -- On a tie the later rule is named, as RuleSet::check does.
+      if worst == nil or retry >= worst[3] then
         worst = {rule.minutes, rule.rate, retry}
       end
     end
@@ -26,8 +30,10 @@ local function limit_hit(key, rules, now)
   return worst
 end
 
+-- Never less than the default rule's 10 minutes, so that a rule added later finds the
+-- recent sends (as the SQLite store keeps them).
 local function longest_window(rules)
-  local longest = 60000
+  local longest = 600000
   for _, rule in ipairs(rules) do
     longest = math.max(longest, rule.minutes * 60000)
   end
@@ -42,13 +48,30 @@ local function record(key, rules, now, member)
   redis.call('PEXPIRE', key, keep)
 end
 
+-- Lifetimes are given to Redis relative to now (both from the application's clock), so
+-- a server whose clock differs from the replicas' never expires anything early.
+local function ttl(until_, now)
+  return math.max(1, until_ - now)
+end
+
 -- Puts a job in the outbox: its metadata, its message (which Redis erases by itself at
 -- the code's expiry at the latest) and its stream entry.
 local function enqueue(queue, job, msg, id, channel, target, payload, now, expires, retention)
   redis.call('HSET', job, 'channel', channel, 'target', target, 'state', 'queued',
     'attempts', 0, 'created_at', now, 'updated_at', now, 'expires_at', expires,
     'next_attempt_at', now)
-  redis.call('PEXPIREAT', job, expires + retention)
-  redis.call('SET', msg, payload, 'PXAT', expires)
+  redis.call('PEXPIRE', job, ttl(expires, now) + retention)
+  redis.call('SET', msg, payload, 'PX', ttl(expires, now))
   redis.call('XADD', queue, '*', 'id', id)
+end
+
+-- Ends a queued (or lapsed) job as expired: its code is worthless now.
+local function expire_job(job, msg, now, retention)
+  local last = redis.call('HGET', job, 'error')
+  local why = 'the code expired before it could be delivered'
+  if last then why = why .. ' (last error: ' .. last .. ')' end
+  redis.call('HSET', job, 'state', 'expired', 'updated_at', now, 'error', why)
+  redis.call('HDEL', job, 'lease_until', 'entry')
+  redis.call('PEXPIRE', job, retention)
+  redis.call('DEL', msg)
 end

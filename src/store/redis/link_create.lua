@@ -21,7 +21,12 @@ if holder and tonumber(string.match(holder, '|(%d+)$')) > now then return {'take
 local previous = redis.call('GET', KEYS[5])
 if previous then
   local old_hash, old_id = string.match(previous, '^(%x+)|(.+)$')
-  redis.call('DEL', tag .. ':link:' .. old_hash)
+  local old_link = tag .. ':link:' .. old_hash
+  -- Only if it is still this chat's: the same digits may have gone to another chat since.
+  local old_holder = redis.call('GET', old_link)
+  if old_holder and string.sub(old_holder, 1, #ARGV[4] + 1) == ARGV[4] .. '|' then
+    redis.call('DEL', old_link)
+  end
   local old_job = tag .. ':job:' .. old_id
   if redis.call('HGET', old_job, 'state') == 'queued' then
     redis.call('HSET', old_job, 'state', 'failed', 'updated_at', ARGV[1],
@@ -30,8 +35,8 @@ if previous then
     redis.call('DEL', tag .. ':msg:' .. old_id)
   end
 end
-redis.call('SET', KEYS[4], ARGV[4] .. '|' .. ARGV[2], 'PXAT', expires)
-redis.call('SET', KEYS[5], ARGV[3] .. '|' .. ARGV[7], 'PXAT', expires)
+redis.call('SET', KEYS[4], ARGV[4] .. '|' .. ARGV[2], 'PX', ttl(expires, now))
+redis.call('SET', KEYS[5], ARGV[3] .. '|' .. ARGV[7], 'PX', ttl(expires, now))
 record(KEYS[3], rules, now, ARGV[5])
 enqueue(KEYS[6], KEYS[7], KEYS[8], ARGV[7], 'telegram', ARGV[4], ARGV[8], now, expires,
   tonumber(ARGV[9]))

@@ -86,6 +86,7 @@ impl RedisStore {
             .ping()
             .await
             .map_err(|e| RedisOpenError(e.to_string()))?;
+        store.warn_about_eviction().await;
         Ok(store)
     }
 
@@ -285,8 +286,11 @@ impl Store for RedisStore {
                         },
                         tries: Vec::new(),
                     };
-                    if let Ok(delivery) = id.parse::<DeliveryId>() {
-                        self.finish_in(channel, delivery, &report, now).await?;
+                    // The others in hand are still returned (and sent).
+                    if let Ok(delivery) = id.parse::<DeliveryId>()
+                        && let Err(e) = self.finish_in(channel, delivery, &report, now).await
+                    {
+                        tracing::warn!(error = %e, "cannot mark an unreadable job failed");
                     }
                 }
             }
@@ -437,6 +441,24 @@ impl Store for RedisStore {
 }
 
 impl RedisStore {
+    /// Redis evicting keys would drop guess counts and send records, lifting limits an
+    /// attacker runs into; only `noeviction` keeps them.
+    async fn warn_about_eviction(&self) {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg("maxmemory-policy");
+        match self.conn.query::<Vec<String>>(&cmd).await {
+            Ok(answer) => match answer.get(1).map(String::as_str) {
+                Some("noeviction") | None => {}
+                Some(policy) => tracing::warn!(
+                    policy,
+                    "Redis may evict keys (maxmemory-policy); set it to noeviction, or guess and send limits can be lost under memory pressure"
+                ),
+            },
+            // Managed services often forbid CONFIG; nothing to say then.
+            Err(e) => tracing::debug!(error = %e, "cannot read Redis's maxmemory-policy"),
+        }
+    }
+
     async fn finish_in(
         &self,
         channel: Channel,
