@@ -19,6 +19,20 @@ pub fn available() -> bool {
             .is_ok_and(|s| s.success())
 }
 
+/// Whether this test can start servers of its own (it needs `program`); says plainly
+/// when it cannot.
+pub fn can_start(program: &str, test: &str) -> bool {
+    let found = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("SKIPPED {test}: it starts its own Redis servers and {program} is not on PATH");
+    }
+    found
+}
+
 /// Says plainly that a Redis test did not run, and why.
 pub fn skip_notice(test: &str) {
     eprintln!(

@@ -155,12 +155,7 @@ async fn state_of(base: &str, id: &str) -> Value {
 
 #[tokio::test]
 async fn a_replica_killed_while_sending_has_its_jobs_delivered_by_the_others() {
-    if std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        redis_server::skip_notice("a_replica_killed_while_sending");
+    if !redis_server::can_start("redis-server", "a_replica_killed_while_sending") {
         return;
     }
     let redis = RedisServer::start(false);
@@ -217,12 +212,7 @@ async fn a_replica_killed_while_sending_has_its_jobs_delivered_by_the_others() {
 
 #[tokio::test]
 async fn a_redis_restart_is_survived_without_restarting_otpd() {
-    if std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        redis_server::skip_notice("a_redis_restart_is_survived");
+    if !redis_server::can_start("redis-server", "a_redis_restart_is_survived") {
         return;
     }
     let mut redis = RedisServer::start(true);
@@ -261,12 +251,7 @@ async fn a_redis_restart_is_survived_without_restarting_otpd() {
 
 #[tokio::test]
 async fn a_redis_cluster_serves_every_operation_within_its_slots() {
-    if std::process::Command::new("redis-cli")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        redis_server::skip_notice("a_redis_cluster_serves_every_operation");
+    if !redis_server::can_start("redis-cli", "a_redis_cluster_serves_every_operation") {
         return;
     }
     let nodes = RedisServer::start_cluster();
@@ -303,12 +288,7 @@ async fn a_redis_cluster_serves_every_operation_within_its_slots() {
 
 #[tokio::test]
 async fn a_full_redis_refuses_every_check_instead_of_counting_only_some() {
-    if std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        redis_server::skip_notice("a_full_redis_refuses_every_check");
+    if !redis_server::can_start("redis-server", "a_full_redis_refuses_every_check") {
         return;
     }
     let redis = RedisServer::start(false);

@@ -130,6 +130,17 @@ fn parse_rules(raw: Option<String>, default: RuleSet) -> Result<RuleSet, StoreEr
     }
 }
 
+/// The stored (ip, target) rules, the defaults where none are stored.
+fn rules_in_force(
+    (ips, targets): (Option<String>, Option<String>),
+) -> Result<LimitRules, StoreError> {
+    let defaults = LimitRules::default();
+    Ok(LimitRules {
+        ips: parse_rules(ips, defaults.ips)?,
+        targets: parse_rules(targets, defaults.targets)?,
+    })
+}
+
 /// `{'limited', minutes, rate, retry_after_secs}` (from `at` on) into a hit.
 fn limit_hit(fields: &[Value], at: usize) -> Result<LimitHit, StoreError> {
     let number = |i: usize| -> Result<i64, StoreError> {
@@ -214,12 +225,7 @@ impl Store for RedisStore {
     async fn limit_rules(&self, channel: Channel) -> Result<LimitRules, StoreError> {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(self.key(channel, "rules")).arg("ip").arg("target");
-        let (ips, targets): (Option<String>, Option<String>) = self.conn.query(&cmd).await?;
-        let defaults = LimitRules::default();
-        Ok(LimitRules {
-            ips: parse_rules(ips, defaults.ips)?,
-            targets: parse_rules(targets, defaults.targets)?,
-        })
+        rules_in_force(self.conn.query(&cmd).await?)
     }
 
     async fn update_limit_rules(
@@ -232,12 +238,7 @@ impl Store for RedisStore {
         call.key(self.key(channel, "rules"))
             .arg(json(&update.ips)?.unwrap_or_default())
             .arg(json(&update.targets)?.unwrap_or_default());
-        let (ips, targets): (Option<String>, Option<String>) = self.conn.invoke(&mut call).await?;
-        let defaults = LimitRules::default();
-        Ok(LimitRules {
-            ips: parse_rules(ips, defaults.ips)?,
-            targets: parse_rules(targets, defaults.targets)?,
-        })
+        rules_in_force(self.conn.invoke(&mut call).await?)
     }
 
     async fn claim_deliveries(
