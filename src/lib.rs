@@ -8,6 +8,7 @@ pub mod config;
 pub mod delivery;
 pub mod domain;
 pub mod http;
+pub mod metrics;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -24,7 +25,8 @@ use crate::delivery::{ConsoleOut, DeliverySettings, Wakeups, Worker, build_chain
 use crate::domain::link::{LinkSettings, TelegramLink};
 use crate::domain::secret::Secret;
 use crate::domain::service::{CodeSettings, OtpService};
-use crate::store::{RedisStore, SharedStore, SqliteStore, StoreError};
+use crate::metrics::Metrics;
+use crate::store::{RedisStore, SharedStore, SqliteStore, StoreError, TimedStore};
 
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
@@ -75,6 +77,7 @@ impl App {
     pub async fn start(config: Config, deps: Deps) -> Result<App, StartError> {
         config.validate()?;
         // Opened first: SQLite creates the data directory the generated secret is kept in.
+        let metrics = Arc::new(Metrics::default());
         let store: SharedStore = match &config.store {
             StoreUrl::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
             StoreUrl::Redis(url) => Arc::new(
@@ -84,6 +87,7 @@ impl App {
                 Arc::new(RedisStore::open(nodes, true, &config.redis_prefix).await?)
             }
         };
+        let store = TimedStore::wrap(store, metrics.clone());
         let secret = match secret_value(
             &config.secret,
             &config.secret_file,
@@ -164,6 +168,7 @@ impl App {
                     failures_per_10_minutes: config.bot.target_failures,
                 },
                 wakeups.clone(),
+                metrics.clone(),
             )
             .map_err(|reason| ConfigError::new("OTP_TARGET_FAILURES", reason))?,
         );
@@ -177,15 +182,24 @@ impl App {
         let auth = config
             .basic_auth()
             .map(|(user, pass)| http::BasicAuth::new(user, pass));
-        let router = http::router(
-            http::AppState {
-                otp,
-                link: link.clone(),
-                webhook: Arc::new(webhook),
-                store: store.clone(),
-            },
-            auth,
-        );
+        let state = http::AppState {
+            otp,
+            link: link.clone(),
+            webhook: Arc::new(webhook),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            clock: deps.clock.clone(),
+        };
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some((
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Listen { addr, source })?,
+                http::metrics_router(state.clone()),
+            )),
+            None => None,
+        };
+        let router = http::router(state, auth);
 
         let (shutdown, _) = watch::channel(false);
         let mut stop = shutdown.subscribe();
@@ -200,6 +214,17 @@ impl App {
         });
 
         let mut background = Vec::new();
+        if let Some((listener, router)) = metrics_listener {
+            let mut stop = shutdown.subscribe();
+            background.push(tokio::spawn(async move {
+                let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "the metrics listener stopped");
+                }
+            }));
+        }
         if config.delivery_workers > 0 {
             let worker = Arc::new(Worker::new(
                 store.clone(),
@@ -214,6 +239,7 @@ impl App {
                     retry_cap: Duration::from_secs(120),
                 },
                 wakeups,
+                metrics.clone(),
             ));
             background.extend(worker.spawn(&shutdown.subscribe()));
         }

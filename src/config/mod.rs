@@ -195,6 +195,10 @@ pub struct Config {
     #[command(flatten)]
     pub bot: BotSettings,
 
+    /// Serve GET /metrics also on this address, without Basic auth (e.g. 127.0.0.1:9090 for a local Prometheus).
+    #[arg(long, env = "OTP_METRICS_LISTEN", value_name = "OTP_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Seconds between sweeps that remove expired codes and old jobs.
     #[arg(long, env = "OTP_PURGE_INTERVAL", value_name = "OTP_PURGE_INTERVAL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub purge_interval: u64,

@@ -111,6 +111,7 @@ pub struct DeliveryJob {
     pub code: Option<Password>,
     /// Attempts so far, including the one this claim starts.
     pub attempts: u32,
+    pub created_at: Timestamp,
     pub expires_at: Timestamp,
 }
 

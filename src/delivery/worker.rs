@@ -14,6 +14,7 @@ use super::{
 };
 use crate::clock::{Clock, Timestamp};
 use crate::domain::Channel;
+use crate::metrics::Metrics;
 use crate::store::SharedStore;
 
 #[derive(Debug, Clone)]
@@ -50,6 +51,7 @@ pub struct Worker {
     clock: Arc<dyn Clock>,
     settings: DeliverySettings,
     wakeups: Arc<Wakeups>,
+    metrics: Arc<Metrics>,
 }
 
 impl Worker {
@@ -59,6 +61,7 @@ impl Worker {
         clock: Arc<dyn Clock>,
         settings: DeliverySettings,
         wakeups: Arc<Wakeups>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Worker {
             store,
@@ -66,6 +69,7 @@ impl Worker {
             clock,
             settings,
             wakeups,
+            metrics,
         }
     }
 
@@ -142,6 +146,7 @@ impl Worker {
     async fn deliver(&self, job: DeliveryJob) {
         let report = self.attempt(&job).await;
         let now = self.clock.now();
+        self.count_end(&job, &report, now);
         if let Err(e) = self
             .store
             .finish_attempt(job.channel, job.id, report, now)
@@ -150,6 +155,40 @@ impl Worker {
             // The lease runs out and the job is taken again: delivered at least once.
             tracing::warn!(delivery = %job.id, error = %e, "cannot record a delivery attempt");
         }
+    }
+
+    /// Jobs that ended, by provider and state, and how long a sent code took to go out.
+    fn count_end(&self, job: &DeliveryJob, report: &AttemptReport, now: Timestamp) {
+        let channel = job.channel.as_str();
+        let (state, provider) = match &report.result {
+            AttemptResult::Retry { .. } => return,
+            AttemptResult::Sent { provider, .. } => {
+                let took =
+                    Duration::from_millis((now.millis() - job.created_at.millis()).max(0) as u64);
+                self.metrics.observe(
+                    "otpd_delivery_latency_seconds",
+                    &[("channel", channel)],
+                    took,
+                );
+                ("sent", provider.as_str())
+            }
+            AttemptResult::Failed { .. } => (
+                "failed",
+                report.tries.last().map_or("none", |t| t.provider.as_str()),
+            ),
+            AttemptResult::Expired { .. } => (
+                "expired",
+                report.tries.last().map_or("none", |t| t.provider.as_str()),
+            ),
+        };
+        self.metrics.count(
+            "otpd_deliveries_total",
+            &[
+                ("channel", channel),
+                ("provider", provider),
+                ("state", state),
+            ],
+        );
     }
 
     async fn attempt(&self, job: &DeliveryJob) -> AttemptReport {

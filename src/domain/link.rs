@@ -3,7 +3,6 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::Channel;
@@ -13,6 +12,7 @@ use super::message::link_message;
 use super::secret::Secret;
 use crate::clock::Clock;
 use crate::delivery::{DeliveryId, Wakeups};
+use crate::metrics::Metrics;
 use crate::store::{
     LinkCodeOutcome, LinkLookup, LinkLookupOutcome, NewCode, NewLinkCode, SharedStore, StoreError,
 };
@@ -46,7 +46,7 @@ pub struct TelegramLink {
     failure_rules: RuleSet,
     peer_failure_rules: RuleSet,
     wakeups: Arc<Wakeups>,
-    failed_lookups: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl TelegramLink {
@@ -56,6 +56,7 @@ impl TelegramLink {
         secret: Arc<Secret>,
         settings: LinkSettings,
         wakeups: Arc<Wakeups>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
         let per_10_minutes = |rate: i64| -> Result<RuleSet, String> {
             RuleSet::new(vec![Rule::new(10, rate)?], "OTP_TARGET_FAILURES").map_err(|e| e.reason)
@@ -71,7 +72,7 @@ impl TelegramLink {
             failure_rules,
             peer_failure_rules,
             wakeups,
-            failed_lookups: AtomicU64::new(0),
+            metrics,
         })
     }
 
@@ -143,15 +144,16 @@ impl TelegramLink {
             now: self.clock.now(),
         };
         let outcome = self.store.take_link_code(lookup).await?;
-        if outcome == LinkLookupOutcome::NotFound {
-            self.failed_lookups.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            LinkLookupOutcome::NotFound => {
+                self.metrics.count("otpd_target_lookup_failures_total", &[]);
+            }
+            LinkLookupOutcome::Limited(_) => self.metrics.count(
+                "otpd_limit_rejections_total",
+                &[("channel", "telegram"), ("kind", "failed_lookup")],
+            ),
+            LinkLookupOutcome::Found(_) => {}
         }
         Ok(outcome)
-    }
-
-    /// Wrong codes given to `/target` since start: `/target` looks codes up without a
-    /// target, so a rising count is someone guessing.
-    pub fn failed_lookups(&self) -> u64 {
-        self.failed_lookups.load(Ordering::Relaxed)
     }
 }

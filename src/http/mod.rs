@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -23,7 +24,11 @@ use error::ApiError;
 use params::Params;
 pub use telegram::WebhookSettings;
 
+use crate::clock::Clock;
 use crate::domain::Channel;
+use crate::metrics::Metrics;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 use crate::domain::link::TelegramLink;
 use crate::domain::service::OtpService;
 use crate::store::SharedStore;
@@ -34,6 +39,16 @@ pub struct AppState {
     pub link: Arc<TelegramLink>,
     pub webhook: Arc<WebhookSettings>,
     pub store: SharedStore,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Only `GET /metrics`, for `OTP_METRICS_LISTEN`: a listener of its own, without auth.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::metrics))
+        .fallback(|| async { ApiError::NotFound("only /metrics is served here") })
+        .with_state(state)
 }
 
 pub fn router(state: AppState, auth: Option<BasicAuth>) -> Router {
@@ -59,7 +74,9 @@ pub fn router(state: AppState, auth: Option<BasicAuth>) -> Router {
                     .post(move |s: State<AppState>, p: Params| limits::update(s, ch, p)),
             );
     }
+    let metrics = state.metrics.clone();
     let mut router = router
+        .route_layer(middleware::from_fn(name_the_route))
         .fallback(|| async { ApiError::NotFound("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state);
@@ -71,7 +88,38 @@ pub fn router(state: AppState, auth: Option<BasicAuth>) -> Router {
     }
     router
         .layer(middleware::from_fn(refuse_large_bodies))
-        .layer(middleware::from_fn(access_log))
+        .layer(middleware::from_fn_with_state(metrics, access_log))
+}
+
+/// The route a request matched (its pattern, never the path itself), handed to the
+/// access log through the response.
+#[derive(Clone)]
+struct RouteName(String);
+
+async fn name_the_route(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let mut response = next.run(req).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(RouteName(route));
+    }
+    response
+}
+
+/// A caller's `X-Request-Id` is kept when it is short and plain; otherwise one is made.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=128).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()))
 }
 
 /// 413 on every route, including those that never read their body.
@@ -92,18 +140,33 @@ async fn refuse_large_bodies(req: Request, next: Next) -> Result<Response, ApiEr
     }
 }
 
-/// One line per request. The query string is left out: it may hold a password.
-async fn access_log(req: Request, next: Next) -> Response {
+/// One line per request, with the request id (returned as `X-Request-Id`), counted in
+/// `otpd_http_requests_total`. The query string is left out: it may hold a password.
+async fn access_log(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
+    let id = request_id(req.headers());
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let response = next.run(req).await;
+    let mut response = next.run(req).await;
+    let route = response
+        .extensions()
+        .get::<RouteName>()
+        .map_or("unmatched", |r| r.0.as_str())
+        .to_owned();
+    let status = response.status().as_u16();
+    metrics.count(
+        "otpd_http_requests_total",
+        &[("route", &route), ("status", &status.to_string())],
+    );
     tracing::info!(
+        request_id = %id,
         %method,
-        path = %path,
-        status = response.status().as_u16(),
+        route = %route,
+        status,
         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
     response
 }

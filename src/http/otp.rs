@@ -51,6 +51,34 @@ pub async fn create(
     channel: Channel,
     params: Params,
 ) -> Result<Response, ApiError> {
+    let created = create_code(&app, channel, params).await;
+    let outcome = match &created {
+        Ok(_) => Some("accepted"),
+        Err(ApiError::LimitReached { .. }) => Some("limited"),
+        Err(ApiError::StoreUnavailable | ApiError::Internal) => None,
+        Err(_) => Some("invalid"),
+    };
+    if let Some(outcome) = outcome {
+        app.metrics.count(
+            "otpd_sends_total",
+            &[("channel", channel.as_str()), ("outcome", outcome)],
+        );
+    }
+    if let Err(ApiError::LimitReached { subject, .. }) = &created {
+        let kind = if *subject == "ip" { "ip" } else { "target" };
+        app.metrics.count(
+            "otpd_limit_rejections_total",
+            &[("channel", channel.as_str()), ("kind", kind)],
+        );
+    }
+    created
+}
+
+async fn create_code(
+    app: &AppState,
+    channel: Channel,
+    params: Params,
+) -> Result<Response, ApiError> {
     let target = target(&params, channel)?;
     let templates = match channel {
         Channel::Email => Templates {
@@ -86,7 +114,17 @@ pub async fn check(
 ) -> Result<Response, ApiError> {
     let target = target(&params, channel)?;
     let password = password(&params)?.ok_or(ApiError::MissingParameter("password"))?;
-    Ok(match app.otp.check(channel, &target, &password).await? {
+    let outcome = app.otp.check(channel, &target, &password).await?;
+    let label = match outcome {
+        CheckOutcome::Verified => "ok",
+        CheckOutcome::InvalidPassword => "invalid_password",
+        CheckOutcome::AttemptsExceeded => "attempts_exceeded",
+    };
+    app.metrics.count(
+        "otpd_checks_total",
+        &[("channel", channel.as_str()), ("outcome", label)],
+    );
+    Ok(match outcome {
         CheckOutcome::Verified => error::ok(),
         CheckOutcome::InvalidPassword => error::refused(
             "invalid_password",

@@ -4,6 +4,7 @@
 mod outbox;
 mod redis;
 mod sqlite;
+mod timed;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use serde::Serialize;
 
 pub use self::redis::{RedisOpenError, RedisStore};
 pub use sqlite::{OpenError, SqliteStore};
+pub use timed::TimedStore;
 
 use crate::clock::Timestamp;
 use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob, DeliveryState, ProviderTry};
@@ -103,6 +105,13 @@ pub struct CodeCheck {
     pub max_attempts: u32,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub channel: Channel,
+    pub depth: u64,
+    pub oldest_created_at: Option<Timestamp>,
+}
+
 /// What `GET /deliveries/{id}` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeliveryStatus {
@@ -191,6 +200,9 @@ pub trait Store: Send + Sync {
 
     /// Removes expired codes, stale guess counts and sends, and old finished jobs.
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
+
+    /// Unfinished jobs per channel (channels with none may be left out).
+    async fn outbox_stats(&self) -> Result<Vec<OutboxStats>, StoreError>;
 
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -1,6 +1,6 @@
 -- Take due jobs of one channel. KEYS: queue (stream), delayed (retries by due time).
 -- ARGV: now, lease_until, max, consumer, key tag, retention (ms).
--- Returns {id, target, payload, attempts, expires_at} per job taken.
+-- Returns {id, target, payload, attempts, expires_at, created_at} per job taken.
 local now, max, tag = tonumber(ARGV[1]), tonumber(ARGV[3]), ARGV[5]
 local queue, group, retention = KEYS[1], 'workers', tonumber(ARGV[6])
 -- Made here rather than once at start, so that a Redis that lost its data recovers.
@@ -34,7 +34,7 @@ local function take(entry, id)
     redis.call('HSET', job, 'state', 'sending', 'lease_until', ARGV[2], 'updated_at', now,
       'entry', entry)
     table.insert(jobs, {id, redis.call('HGET', job, 'target'), payload, tostring(attempts),
-      redis.call('HGET', job, 'expires_at')})
+      redis.call('HGET', job, 'expires_at'), redis.call('HGET', job, 'created_at')})
   end
   if finished then
     redis.call('XACK', queue, group, entry)

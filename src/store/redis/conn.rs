@@ -54,6 +54,14 @@ impl Conn {
         bounded(async move { cmd.query_async(&mut conn).await }).await
     }
 
+    pub async fn pipeline<T: FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.clone();
+        bounded(async move { pipe.query_async(&mut conn).await }).await
+    }
+
     pub async fn invoke<T: FromRedisValue>(
         &self,
         call: &mut ScriptInvocation<'_>,

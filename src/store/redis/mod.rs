@@ -16,7 +16,7 @@ use self::conn::Conn;
 use super::outbox::{AttemptEnd, Payload, StoredTry};
 use super::{
     CodeCheck, CreateOutcome, DeliveryStatus, LinkCodeOutcome, LinkLookup, LinkLookupOutcome,
-    NewCode, NewLinkCode, Store, StoreError,
+    NewCode, NewLinkCode, OutboxStats, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob, DeliveryState};
@@ -260,9 +260,10 @@ impl Store for RedisStore {
             .arg(&self.consumer)
             .arg(self.tag(channel))
             .arg(RETENTION.as_millis() as u64);
-        let rows: Vec<(String, String, String, u32, i64)> = self.conn.invoke(&mut call).await?;
+        let rows: Vec<(String, String, String, u32, i64, i64)> =
+            self.conn.invoke(&mut call).await?;
         let mut jobs = Vec::with_capacity(rows.len());
-        for (id, target, payload, attempts, expires_at) in rows {
+        for (id, target, payload, attempts, expires_at, created_at) in rows {
             let parsed = id
                 .parse::<DeliveryId>()
                 .map_err(|()| StoreError::Internal(format!("bad delivery id {id:?}")))
@@ -276,6 +277,7 @@ impl Store for RedisStore {
                     code,
                     attempts,
                     expires_at: Timestamp::from_millis(expires_at),
+                    created_at: Timestamp::from_millis(created_at),
                 }),
                 Err(e) => {
                     // One damaged job must not stop its channel: it fails alone.
@@ -427,6 +429,41 @@ impl Store for RedisStore {
             ended += n;
         }
         Ok(ended)
+    }
+
+    async fn outbox_stats(&self) -> Result<Vec<OutboxStats>, StoreError> {
+        let mut stats = Vec::new();
+        for channel in Channel::ALL {
+            let mut pipe = redis::pipe();
+            pipe.cmd("XLEN")
+                .arg(self.key(channel, "queue"))
+                .cmd("ZCARD")
+                .arg(self.key(channel, "delayed"))
+                .cmd("XRANGE")
+                .arg(self.key(channel, "queue"))
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1);
+            let (queued, delayed, first): (u64, u64, Vec<(String, Vec<(String, String)>)>) =
+                self.conn.pipeline(&pipe).await?;
+            let mut oldest = None;
+            if let Some((_, fields)) = first.first()
+                && let Some((_, id)) = fields.first()
+            {
+                let mut cmd = redis::cmd("HGET");
+                cmd.arg(self.key(channel, &format!("job:{id}")))
+                    .arg("created_at");
+                let created: Option<i64> = self.conn.query(&cmd).await?;
+                oldest = created.map(Timestamp::from_millis);
+            }
+            stats.push(OutboxStats {
+                channel,
+                depth: queued + delayed,
+                oldest_created_at: oldest,
+            });
+        }
+        Ok(stats)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -7,7 +7,7 @@ use crate::clock::Timestamp;
 use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob, DeliveryState};
 use crate::domain::Channel;
 use crate::store::outbox::{AttemptEnd, Payload, StoredTry, cap_history};
-use crate::store::{DeliveryStatus, NewCode, StoreError};
+use crate::store::{DeliveryStatus, NewCode, OutboxStats, StoreError};
 
 pub(super) fn enqueue(conn: &Connection, code: &NewCode) -> Result<(), StoreError> {
     let payload = Payload::encode(code)?;
@@ -66,7 +66,7 @@ pub(super) fn claim(
                  SELECT id FROM deliveries
                  WHERE channel = ?4 AND state = 'sending' AND lease_until <= ?1
                  LIMIT ?3)
-             RETURNING id, channel, target, payload, attempts, expires_at",
+             RETURNING id, channel, target, payload, attempts, expires_at, created_at",
         )
         .map_err(map_err)?;
     let mut rows = stmt
@@ -154,6 +154,7 @@ fn job_from_row(row: &Row<'_>) -> Result<DeliveryJob, StoreError> {
         code,
         attempts: row.get(4).map_err(map_err)?,
         expires_at: Timestamp::from_millis(row.get(5).map_err(map_err)?),
+        created_at: Timestamp::from_millis(row.get(6).map_err(map_err)?),
     })
 }
 
@@ -286,4 +287,33 @@ pub(super) fn purge(
         )
         .map_err(map_err)?;
     Ok(n as u64)
+}
+
+/// Unfinished jobs per channel, and when the oldest was created.
+pub(super) fn stats(conn: &Connection) -> Result<Vec<OutboxStats>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT channel, count(*), min(created_at) FROM deliveries
+             WHERE state IN ('queued', 'sending') GROUP BY channel",
+        )
+        .map_err(map_err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, u64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(map_err)?;
+    rows.into_iter()
+        .map(|(channel, depth, oldest)| {
+            Ok(OutboxStats {
+                channel: parse_channel(channel)?,
+                depth,
+                oldest_created_at: oldest.map(Timestamp::from_millis),
+            })
+        })
+        .collect()
 }

@@ -17,7 +17,7 @@ use rusqlite::{Connection, ErrorCode};
 use self::writer::Writer;
 use super::{
     CodeCheck, CreateOutcome, DeliveryStatus, LinkCodeOutcome, LinkLookup, LinkLookupOutcome,
-    NewCode, NewLinkCode, Store, StoreError,
+    NewCode, NewLinkCode, OutboxStats, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob};
@@ -245,6 +245,10 @@ impl Store for SqliteStore {
                 Ok(purged)
             })
             .await
+    }
+
+    async fn outbox_stats(&self) -> Result<Vec<OutboxStats>, StoreError> {
+        self.writer.call(deliveries::stats).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
