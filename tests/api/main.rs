@@ -7,6 +7,7 @@ mod contract;
 mod durability;
 mod fakes;
 mod limits;
+mod operability;
 mod providers;
 mod redis_server;
 mod reliability;

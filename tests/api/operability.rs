@@ -1,0 +1,206 @@
+//! What an operator watches: `/metrics` after a scripted run, request ids, and the
+//! separate metrics listener.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::support::TestApp;
+
+const PHONE: &str = "77011234567";
+
+async fn metrics_of(t: &TestApp) -> String {
+    let res = t
+        .client
+        .get(format!("{}/metrics", t.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    res.text().await.unwrap()
+}
+
+fn has(metrics: &str, line: &str) {
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "missing {line:?} in:\n{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_follow_a_scripted_run_and_carry_no_target_or_code() {
+    let t = TestApp::spawn_with(&["--max-attempts", "2"]).await;
+    for password in ["111111", "222222"] {
+        let created = t
+            .post_ok("/sms", json!({"phone": PHONE, "password": password}))
+            .await;
+        t.finished_delivery(created["id"].as_str().unwrap()).await;
+    }
+    assert_eq!(
+        t.post("/sms", json!({"phone": "12"})).await.code(),
+        "invalid_parameter"
+    );
+    t.post_ok(
+        "/limit/email",
+        json!({"emails": [{"minutes": 10, "rate": 1}]}),
+    )
+    .await;
+    t.post_ok("/email", json!({"email": "a@example.com", "password": "1"}))
+        .await;
+    assert_eq!(
+        t.post("/email", json!({"email": "a@example.com", "password": "2"}))
+            .await
+            .code(),
+        "email_limit"
+    );
+    let check = |password: &str| json!({"phone": PHONE, "password": password});
+    assert_eq!(
+        t.check_outcome("sms", check("999999")).await,
+        "invalid_password"
+    );
+    assert_eq!(t.check_outcome("sms", check("222222")).await, "ok");
+    t.post_ok("/sms", check("333333")).await;
+    t.check_outcome("sms", check("000001")).await;
+    t.check_outcome("sms", check("000002")).await;
+    assert_eq!(
+        t.check_outcome("sms", check("333333")).await,
+        "attempts_exceeded"
+    );
+
+    let m = metrics_of(&t).await;
+    has(
+        &m,
+        r#"otpd_sends_total{channel="sms",outcome="accepted"} 3"#,
+    );
+    has(&m, r#"otpd_sends_total{channel="sms",outcome="invalid"} 1"#);
+    has(
+        &m,
+        r#"otpd_sends_total{channel="email",outcome="accepted"} 1"#,
+    );
+    has(
+        &m,
+        r#"otpd_sends_total{channel="email",outcome="limited"} 1"#,
+    );
+    has(
+        &m,
+        r#"otpd_limit_rejections_total{channel="email",kind="target"} 1"#,
+    );
+    has(&m, r#"otpd_checks_total{channel="sms",outcome="ok"} 1"#);
+    has(
+        &m,
+        r#"otpd_checks_total{channel="sms",outcome="invalid_password"} 3"#,
+    );
+    has(
+        &m,
+        r#"otpd_checks_total{channel="sms",outcome="attempts_exceeded"} 1"#,
+    );
+    has(
+        &m,
+        r#"otpd_http_requests_total{route="/sms",status="400"} 1"#,
+    );
+    has(
+        &m,
+        r#"otpd_http_requests_total{route="/email",status="400"} 1"#,
+    );
+    assert!(m.contains(r#"otpd_deliveries_total{channel="sms",provider="console",state="sent"} "#));
+    assert!(m.contains(r#"otpd_delivery_latency_seconds_count{channel="sms"} "#));
+    assert!(m.contains(r#"otpd_store_operation_seconds_count{operation="create_code"} "#));
+    assert!(
+        m.contains(r#"otpd_store_operation_seconds_bucket{operation="check_code",le="+Inf"} "#)
+    );
+    // Labels only: sample values are numbers, and a float may hold any digits.
+    let labels: String = m
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| Some(&l[l.find('{')?..l.find('}')?]))
+        .collect();
+    for secret in [PHONE, "a@example.com", "222222", "333333", "999999"] {
+        assert!(!labels.contains(secret), "{secret} in the metrics' labels");
+    }
+}
+
+#[tokio::test]
+async fn the_outbox_shows_its_depth_and_the_age_of_its_oldest_job() {
+    let t = TestApp::spawn_with(&["--delivery-workers", "0"]).await;
+    for i in 0..3 {
+        t.post_ok(
+            "/email",
+            json!({"email": format!("u{i}@example.com"), "password": "1"}),
+        )
+        .await;
+    }
+    t.advance(42);
+    let m = metrics_of(&t).await;
+    has(&m, r#"otpd_delivery_queue_depth{channel="email"} 3"#);
+    has(
+        &m,
+        r#"otpd_delivery_oldest_job_age_seconds{channel="email"} 42"#,
+    );
+}
+
+#[tokio::test]
+async fn metrics_need_basic_auth_unless_served_on_their_own_listener() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let t = TestApp::spawn_with(&[
+        "--http-auth-username",
+        "app",
+        "--http-auth-password",
+        "pw",
+        "--metrics-listen",
+        &listen,
+    ])
+    .await;
+    let main = t.get("/metrics").await;
+    assert_eq!(main.status, StatusCode::UNAUTHORIZED);
+    let separate = t
+        .client
+        .get(format!("http://{listen}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(separate.status(), StatusCode::OK);
+    assert!(
+        separate
+            .text()
+            .await
+            .unwrap()
+            .contains("# TYPE otpd_sends_total counter")
+    );
+    let elsewhere = t
+        .client
+        .get(format!("http://{listen}/sms/check"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id_and_a_callers_is_kept() {
+    let t = TestApp::spawn().await;
+    let made = t.get("/health").await;
+    let id = made.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32);
+    assert_ne!(t.get("/health").await.headers["x-request-id"], id.as_str());
+    let send = |value: &'static str| {
+        t.client
+            .get(format!("{}/nowhere", t.base))
+            .header("X-Request-Id", value)
+            .send()
+    };
+    let kept = send("lb-7f3a.42").await.unwrap();
+    assert_eq!(kept.headers()["x-request-id"], "lb-7f3a.42");
+    // Anything that could forge log lines is replaced.
+    let replaced = send("evil value with spaces").await.unwrap();
+    assert_ne!(replaced.headers()["x-request-id"], "evil value with spaces");
+}
