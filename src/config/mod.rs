@@ -195,6 +195,15 @@ pub struct Config {
     #[command(flatten)]
     pub bot: BotSettings,
 
+    /// Log lines as text (for people) or json (one object per line, for log collectors).
+    #[arg(
+        long,
+        env = "OTP_LOG_FORMAT",
+        value_name = "OTP_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
     /// Serve GET /metrics also on this address, without Basic auth (e.g. 127.0.0.1:9090 for a local Prometheus).
     #[arg(long, env = "OTP_METRICS_LISTEN", value_name = "OTP_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -452,6 +461,23 @@ impl FromStr for StoreUrl {
             None => {
                 Err("must be a URL like sqlite://./data/otpd.db or redis://127.0.0.1:6379".into())
             }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("{other:?} is not one of text, json")),
         }
     }
 }

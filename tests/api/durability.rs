@@ -46,6 +46,10 @@ pub fn start(dir: &Path, env: &[(&str, &str)]) -> Otpd {
         if let Some(rest) = line.split("addr=").nth(1) {
             break rest.split_whitespace().next().unwrap_or("").to_owned();
         }
+        // OTP_LOG_FORMAT=json
+        if let Some(rest) = line.split("\"addr\":\"").nth(1) {
+            break rest.split('"').next().unwrap_or("").to_owned();
+        }
         startup_log.push(line);
     };
     Otpd {
@@ -423,5 +427,94 @@ async fn credentials_and_codes_stay_out_of_logs_and_delivery_errors() {
     let shown = format!("{log:?}{delivery}");
     for secret in [CODE, "SeCrEtBoTtOkEn", "HeAdErSeCrEt", AUTH_PASSWORD] {
         assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+    }
+}
+
+#[tokio::test]
+async fn json_logs_of_a_whole_run_hold_request_ids_and_no_code_or_credential() {
+    const AUTH: &str = "Basic YXBwOnMzY3JldC1wYXNz"; // app:s3cret-pass
+    let dir = tempfile::tempdir().unwrap();
+    let mut otpd = start(
+        dir.path(),
+        &[
+            ("OTP_LOG_FORMAT", "json"),
+            ("RUST_LOG", "debug"),
+            ("HTTP_AUTH_USERNAME", "app"),
+            ("HTTP_AUTH_PASSWORD", "s3cret-pass"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let send = |method: reqwest::Method, path: &str, body: Value| {
+        client
+            .request(method, format!("{}{path}", otpd.base))
+            .header("authorization", AUTH)
+            .header("x-request-id", "trace-me-1")
+            .body(body.to_string())
+            .send()
+    };
+    let codes = ["583920", "716254", "940371"];
+    let bodies = [
+        (
+            "/sms",
+            json!({"phone": "77011234567", "password": codes[0]}),
+        ),
+        (
+            "/email",
+            json!({"email": "a@example.com", "password": codes[1], "html": "<b>{password}</b>"}),
+        ),
+        (
+            "/telegram",
+            json!({"chat_id": "12345", "password": codes[2]}),
+        ),
+    ];
+    for (path, body) in &bodies {
+        let res = send(reqwest::Method::POST, path, body.clone())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let check = format!(
+            "{path}/check?password={}",
+            body["password"].as_str().unwrap()
+        );
+        let mut target = body.clone();
+        target.as_object_mut().unwrap().remove("password");
+        target.as_object_mut().unwrap().remove("html");
+        send(reqwest::Method::GET, &check, target.clone())
+            .await
+            .unwrap();
+        target["password"] = json!("000000");
+        send(reqwest::Method::GET, &format!("{path}/check"), target)
+            .await
+            .unwrap();
+    }
+    send(reqwest::Method::GET, "/target?password=12345678", json!({}))
+        .await
+        .unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", &otpd.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    otpd.child.wait().unwrap();
+    let mut log: Vec<String> = otpd.startup_log.clone();
+    log.extend(otpd.stderr.try_iter());
+    let requests: Vec<Value> = log
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .filter(|l| l["message"] == "request")
+        .collect();
+    assert!(requests.len() >= 10, "{log:?}");
+    assert!(
+        requests
+            .iter()
+            .all(|r| r["request_id"] == "trace-me-1" && r["route"].is_string())
+    );
+    let all = log.join("\n");
+    for secret in codes
+        .iter()
+        .copied()
+        .chain(["s3cret-pass", "YXBwOnMzY3JldC1wYXNz", "12345678"])
+    {
+        assert!(!all.contains(secret), "{secret} is in the log");
     }
 }
