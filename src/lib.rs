@@ -130,6 +130,13 @@ impl App {
             )?),
             _ => None,
         };
+        let tls = match config.tls_files() {
+            Some((cert, key)) => Some(
+                http::tls::server_config(cert, key)
+                    .map_err(|(variable, reason)| ConfigError::new(variable, reason))?,
+            ),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Listen {
@@ -202,16 +209,14 @@ impl App {
         let router = http::router(state, auth);
 
         let (shutdown, _) = watch::channel(false);
-        let mut stop = shutdown.subscribe();
-        let server = tokio::spawn(async move {
-            let service = router.into_make_service_with_connect_info::<SocketAddr>();
-            let serve = axum::serve(listener, service).with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "the HTTP server stopped");
+        let server = match &tls {
+            Some(config) => {
+                let listener = http::tls::TlsListener::new(listener, config.clone())
+                    .map_err(|source| StartError::Listen { addr, source })?;
+                tokio::spawn(serve(listener, router, shutdown.subscribe()))
             }
-        });
+            None => tokio::spawn(serve(listener, router, shutdown.subscribe())),
+        };
 
         let mut background = Vec::new();
         if let Some((listener, router)) = metrics_listener {
@@ -256,7 +261,8 @@ impl App {
             config.purge_interval(),
             shutdown.subscribe(),
         )));
-        tracing::info!(%addr, store = %config.store.describe(), "otpd is serving");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, scheme, store = %config.store.describe(), "otpd is serving");
         Ok(App {
             addr,
             store,
@@ -292,6 +298,23 @@ impl App {
         }
         self.store.close().await;
         tracing::info!("otpd stopped");
+    }
+}
+
+/// Serves `router` on `listener` until `stop` turns true, then lets requests in flight
+/// finish.
+async fn serve<L>(listener: L, router: axum::Router, mut stop: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    http::PeerAddr:
+        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    let service = router.into_make_service_with_connect_info::<http::PeerAddr>();
+    let serve = axum::serve(listener, service).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
+    if let Err(e) = serve.await {
+        tracing::error!(error = %e, "the HTTP server stopped");
     }
 }
 

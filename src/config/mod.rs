@@ -195,6 +195,14 @@ pub struct Config {
     #[command(flatten)]
     pub bot: BotSettings,
 
+    /// PEM certificate chain: with OTP_TLS_KEY, otpd serves HTTPS itself.
+    #[arg(long, env = "OTP_TLS_CERT", value_name = "OTP_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of OTP_TLS_CERT.
+    #[arg(long, env = "OTP_TLS_KEY", value_name = "OTP_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
     /// Log lines as text (for people) or json (one object per line, for log collectors).
     #[arg(
         long,
@@ -302,6 +310,21 @@ impl Config {
             }
         }
         self.bot.validate()?;
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "OTP_TLS_KEY",
+                    "must be set with OTP_TLS_CERT",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "OTP_TLS_CERT",
+                    "must be set with OTP_TLS_KEY",
+                ));
+            }
+            _ => {}
+        }
         match (self.auth_username(), self.auth_password()) {
             (Some(_), None) => {
                 return Err(ConfigError::new(
@@ -345,6 +368,11 @@ impl Config {
             .as_ref()
             .map(|p| p.0.as_str())
             .filter(|p| !p.is_empty())
+    }
+
+    /// The certificate and key files, when HTTPS is on.
+    pub fn tls_files(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        self.tls_cert.as_deref().zip(self.tls_key.as_deref())
     }
 
     pub fn delivery_lease(&self) -> Duration {

@@ -8,16 +8,19 @@ mod otp;
 pub mod params;
 mod status;
 mod telegram;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
+use axum::extract::connect_info::Connected;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
+use axum::serve::IncomingStream;
 
 pub use auth::BasicAuth;
 use error::ApiError;
@@ -41,6 +44,22 @@ pub struct AppState {
     pub store: SharedStore,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
+}
+
+/// The address a request came from, over plain TCP or TLS alike.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, tls::TlsListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, tls::TlsListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
 }
 
 /// Only `GET /metrics`, for `OTP_METRICS_LISTEN`: a listener of its own, without auth.

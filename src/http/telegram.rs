@@ -1,8 +1,6 @@
 //! `POST /telegram/webhook` (Telegram's updates) and `GET|POST /target` (a bot code
 //! traded for its chat id).
 
-use std::net::SocketAddr;
-
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
@@ -10,10 +8,10 @@ use axum::response::Response;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::AppState;
 use super::error::{self, ApiError};
 use super::otp::{ip, password};
 use super::params::Params;
+use super::{AppState, PeerAddr};
 use crate::bot;
 use crate::config::{Redacted, UpdatesMode};
 use crate::domain::secret::constant_time_str_eq;
@@ -82,7 +80,7 @@ struct TargetContent {
 
 pub async fn target(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     params: Params,
 ) -> Result<Response, ApiError> {
     if let Some(channel) = params.text("channel")?

@@ -204,3 +204,72 @@ async fn every_answer_carries_a_request_id_and_a_callers_is_kept() {
     let replaced = send("evil value with spaces").await.unwrap();
     assert_ne!(replaced.headers()["x-request-id"], "evil value with spaces");
 }
+
+#[tokio::test]
+async fn otpd_serves_https_with_the_given_certificate() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let t = TestApp::spawn_with(&[
+        "--tls-cert",
+        cert_file.to_str().unwrap(),
+        "--tls-key",
+        key_file.to_str().unwrap(),
+    ])
+    .await;
+    let port = t.base.rsplit(':').next().unwrap().to_owned();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let created: serde_json::Value = client
+        .post(format!("https://localhost:{port}/sms"))
+        .json(&json!({"phone": PHONE, "password": "4242"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["status"], true, "{created}");
+    // /target sees the caller's address through TLS too.
+    let target: serde_json::Value = client
+        .get(format!("https://localhost:{port}/target?password=12345678"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(target["status_code"], "invalid_password");
+    // Plain HTTP on the HTTPS port gets no answer, and a client that does not trust the
+    // certificate is refused.
+    assert!(
+        t.client
+            .get(format!("http://localhost:{port}/health"))
+            .send()
+            .await
+            .is_err()
+    );
+    assert!(
+        reqwest::Client::new()
+            .get(format!("https://localhost:{port}/health"))
+            .send()
+            .await
+            .is_err()
+    );
+    // A key that does not belong to the certificate stops the start, naming it.
+    let other = rcgen::generate_simple_self_signed(vec!["x".to_owned()]).unwrap();
+    let wrong_key = dir.path().join("wrong.pem");
+    std::fs::write(&wrong_key, other.key_pair.serialize_pem()).unwrap();
+    let error = TestApp::start_error(&[
+        "--tls-cert",
+        cert_file.to_str().unwrap(),
+        "--tls-key",
+        wrong_key.to_str().unwrap(),
+    ])
+    .await;
+    assert!(error.starts_with("OTP_TLS_KEY"), "{error}");
+}
