@@ -4,8 +4,10 @@ mod auth;
 pub mod error;
 mod limits;
 mod metrics;
+pub mod openapi;
 mod otp;
 pub mod params;
+mod routes;
 mod status;
 mod telegram;
 pub mod tls;
@@ -19,16 +21,15 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::serve::IncomingStream;
 
 pub use auth::BasicAuth;
 use error::ApiError;
-use params::Params;
+pub use routes::{routes, spec};
 pub use telegram::WebhookSettings;
 
 use crate::clock::Clock;
-use crate::domain::Channel;
 use crate::metrics::Metrics;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -71,28 +72,7 @@ pub fn metrics_router(state: AppState) -> Router {
 }
 
 pub fn router(state: AppState, auth: Option<BasicAuth>) -> Router {
-    let mut router = Router::new()
-        .route("/health", get(status::health))
-        .route("/ready", get(status::ready))
-        .route("/deliveries/{id}", get(status::delivery))
-        .route("/metrics", get(metrics::metrics))
-        .route(telegram::WEBHOOK_PATH, post(telegram::webhook))
-        .route("/target", get(telegram::target).post(telegram::target));
-    for ch in Channel::ALL {
-        let check = move |s: State<AppState>, p: Params| otp::check(s, ch, p);
-        let show_limits = move |s: State<AppState>| limits::show(s, ch);
-        router = router
-            .route(
-                &format!("/{ch}"),
-                post(move |s: State<AppState>, p: Params| otp::create(s, ch, p)),
-            )
-            .route(&format!("/{ch}/check"), get(check).post(check))
-            .route(
-                &format!("/limit/{ch}"),
-                get(show_limits)
-                    .post(move |s: State<AppState>, p: Params| limits::update(s, ch, p)),
-            );
-    }
+    let (router, _) = routes().finish();
     let metrics = state.metrics.clone();
     let mut router = router
         .route_layer(middleware::from_fn(name_the_route))

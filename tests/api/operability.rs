@@ -273,3 +273,90 @@ async fn otpd_serves_https_with_the_given_certificate() {
     .await;
     assert!(error.starts_with("OTP_TLS_KEY"), "{error}");
 }
+
+#[test]
+fn the_committed_openapi_json_is_what_the_code_generates() {
+    let generated = serde_json::to_string_pretty(otpd::http::spec()).unwrap() + "\n";
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+    if std::env::var_os("OTPD_WRITE_OPENAPI").is_some() {
+        std::fs::write(path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "openapi.json differs from the routes' docs; regenerate it with \
+         OTPD_WRITE_OPENAPI=1 cargo test --test api openapi"
+    );
+}
+
+#[tokio::test]
+async fn the_api_describes_itself_and_its_page_needs_nothing_from_elsewhere() {
+    let t = TestApp::spawn().await;
+    let served = t.get("/openapi.json").await;
+    assert_eq!(&served.body, otpd::http::spec());
+    let spec = &served.body;
+    assert_eq!(spec["openapi"], "3.1.0");
+    for (path, method) in [
+        ("/sms", "post"),
+        ("/call/check", "get"),
+        ("/email/check", "post"),
+        ("/limit/telegram", "post"),
+        ("/target", "get"),
+        ("/telegram/webhook", "post"),
+        ("/deliveries/{id}", "get"),
+        ("/health", "get"),
+        ("/ready", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+        ("/docs", "get"),
+    ] {
+        assert!(spec["paths"][path][method].is_object(), "{method} {path}");
+    }
+    let fields =
+        &spec["paths"]["/email"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(fields["required"], json!(["email"]));
+    for name in ["password", "lifetime", "subject", "text", "html", "ip"] {
+        assert!(fields["properties"][name].is_object(), "{name}");
+    }
+    let text = spec.to_string();
+    for code in [
+        "invalid_password",
+        "attempts_exceeded",
+        "missing_parameter",
+        "invalid_parameter",
+        "invalid_body",
+        "ip_limit",
+        "phone_limit",
+        "email_limit",
+        "chat_id_limit",
+        "unauthorized",
+        "not_found",
+        "method_not_allowed",
+        "payload_too_large",
+        "store_unavailable",
+        "internal",
+    ] {
+        assert!(
+            text.contains(&format!("\"{code}\"")),
+            "{code} is not documented"
+        );
+    }
+    let page = t
+        .client
+        .get(format!("{}/docs", t.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains("openapi.json"));
+    assert!(
+        !html.contains("http://") && !html.contains("https://") && !html.contains("//cdn"),
+        "the page loads nothing from elsewhere"
+    );
+}
