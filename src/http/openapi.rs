@@ -97,14 +97,16 @@ pub struct Routes {
     docs: Vec<Doc>,
 }
 
-impl Routes {
-    pub fn new() -> Self {
+impl Default for Routes {
+    fn default() -> Self {
         Routes {
             router: Router::new(),
             docs: Vec::new(),
         }
     }
+}
 
+impl Routes {
     pub fn add(mut self, doc: Doc, handler: MethodRouter<AppState>) -> Self {
         self.router = self.router.route(&doc.path, handler);
         self.docs.push(doc);

@@ -165,7 +165,7 @@ fn limit_code(channel: Channel) -> &'static [&'static str] {
 
 /// The whole API, each route with its documentation.
 pub fn routes() -> Routes {
-    let mut routes = Routes::new()
+    let mut routes = Routes::default()
         .add(
             doc("/health", &["GET"], "operations", "Whether the process runs").open()
                 .answers(vec![answer(200, &[], "{\"status\": true}")]),
