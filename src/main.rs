@@ -34,7 +34,44 @@ async fn main() -> ExitCode {
 
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
+        Command::Health => health(&cli.config).await,
         Command::Telegram { command } => telegram(&command, &cli.config).await,
+    }
+}
+
+/// GET /health on this host's listener; the certificate is not checked (it names the
+/// public host, not 127.0.0.1) since only liveness is asked.
+async fn health(config: &otpd::config::Config) -> ExitCode {
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let scheme = if config.tls_files().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .danger_accept_invalid_certs(true)
+        .build();
+    let answer = match client {
+        Ok(client) => client.get(format!("{scheme}://{addr}/health")).send().await,
+        Err(e) => {
+            eprintln!("otpd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match answer {
+        Ok(res) if res.status().is_success() => ExitCode::SUCCESS,
+        Ok(res) => {
+            eprintln!("otpd: /health answered {}", res.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("otpd: /health did not answer: {}", e.without_url());
+            ExitCode::FAILURE
+        }
     }
 }
 

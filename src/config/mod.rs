@@ -34,6 +34,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve the API (the default).
     Serve,
+    /// Ask the running service at OTP_LISTEN for GET /health; exit 0 when it answers (for container health checks).
+    Health,
     /// Set up the Telegram bot (uses TELEGRAM_BOT_TOKEN and TELEGRAM_API_URL).
     Telegram {
         #[command(subcommand)]

@@ -518,3 +518,26 @@ async fn json_logs_of_a_whole_run_hold_request_ids_and_no_code_or_credential() {
         assert!(!all.contains(secret), "{secret} is in the log");
     }
 }
+
+#[tokio::test]
+async fn the_health_command_says_whether_the_service_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut otpd = start(dir.path(), &[]);
+    let addr = otpd.base.trim_start_matches("http://").to_owned();
+    let (code, _, err) =
+        tokio::task::spawn_blocking(move || run_to_exit(&[("OTP_LISTEN", &addr)], &["health"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{err}");
+    otpd.child.kill().unwrap();
+    otpd.child.wait().unwrap();
+    let nothing = crate::fakes::http::refused_url()
+        .trim_start_matches("http://")
+        .to_owned();
+    let (code, _, err) =
+        tokio::task::spawn_blocking(move || run_to_exit(&[("OTP_LISTEN", &nothing)], &["health"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("/health did not answer"), "{err}");
+}

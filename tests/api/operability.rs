@@ -360,3 +360,38 @@ async fn the_api_describes_itself_and_its_page_needs_nothing_from_elsewhere() {
         "the page loads nothing from elsewhere"
     );
 }
+
+#[tokio::test]
+async fn the_dashboard_and_alert_rules_use_only_metrics_otpd_exports() {
+    let t = TestApp::spawn().await;
+    let exported: Vec<String> = metrics_of(&t)
+        .await
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    let root = env!("CARGO_MANIFEST_DIR");
+    for file in [
+        "deploy/prometheus-alerts.yml",
+        "deploy/grafana-dashboard.json",
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        let mut used = 0;
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !word.starts_with("otpd_") {
+                continue;
+            }
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| word.strip_suffix(s))
+                .unwrap_or(word);
+            assert!(
+                exported.iter().any(|e| e == family),
+                "{file} uses {word}, which otpd does not export"
+            );
+            used += 1;
+        }
+        assert!(used >= 5, "{file} names few metrics");
+    }
+}
