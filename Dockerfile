@@ -8,14 +8,17 @@ COPY src ./src
 RUN cargo build --release --locked && strip target/release/otpd
 
 FROM debian:bookworm-slim
+COPY --from=build /src/target/release/otpd /usr/local/bin/otpd
+# setcap: port 80 as a user, also where the runtime does not open low ports to all.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates libcap2-bin \
+ && setcap cap_net_bind_service=+ep /usr/local/bin/otpd \
+ && apt-get purge -y libcap2-bin && apt-get autoremove -y \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/otpd --create-home --shell /usr/sbin/nologin otpd
-COPY --from=build /src/target/release/otpd /usr/local/bin/otpd
-USER otpd
+# Numeric, so that runAsNonRoot can check it.
+USER 10001
 WORKDIR /var/lib/otpd
-# Port 80 without root: Docker lets containers bind low ports (ip_unprivileged_port_start=0).
 ENV OTP_LISTEN=0.0.0.0:80 \
     OTP_STORE=sqlite:///var/lib/otpd/otpd.db \
     OTP_LOG_FORMAT=json

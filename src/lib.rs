@@ -21,7 +21,9 @@ use tokio::task::JoinHandle;
 use crate::bot::api::BotApi;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, StoreUrl, UpdatesMode, secret_value};
-use crate::delivery::{ConsoleOut, DeliverySettings, Wakeups, Worker, build_chains};
+use crate::delivery::{
+    ConsoleOut, DeliverySettings, Wakeups, Worker, build_chains, count_ended_by_store,
+};
 use crate::domain::link::{LinkSettings, TelegramLink};
 use crate::domain::secret::Secret;
 use crate::domain::service::{CodeSettings, OtpService};
@@ -68,6 +70,7 @@ pub struct App {
     addr: SocketAddr,
     store: SharedStore,
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
@@ -258,6 +261,7 @@ impl App {
         background.push(tokio::spawn(purge_loop(
             store.clone(),
             deps.clock.clone(),
+            metrics.clone(),
             config.purge_interval(),
             shutdown.subscribe(),
         )));
@@ -267,6 +271,7 @@ impl App {
             addr,
             store,
             clock: deps.clock,
+            metrics,
             shutdown,
             server,
             background,
@@ -279,7 +284,9 @@ impl App {
 
     /// One sweep of what the background purger does every `OTP_PURGE_INTERVAL`.
     pub async fn purge_expired(&self) -> Result<u64, StoreError> {
-        self.store.purge_expired(self.clock.now()).await
+        let (purged, ended) = self.store.purge_expired(self.clock.now()).await?;
+        count_ended_by_store(&self.metrics, &ended);
+        Ok(purged)
     }
 
     /// Stops accepting, lets in-flight requests and deliveries finish (for at most
@@ -293,8 +300,14 @@ impl App {
             tracing::warn!("connections still open after the grace period; closing them");
             self.server.abort();
         }
-        for task in self.background {
-            let _ = task.await;
+        // Bounded like the server: a stalled scrape or provider cannot hold the process.
+        for mut task in self.background {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
         self.store.close().await;
         tracing::info!("otpd stopped");
@@ -321,6 +334,7 @@ where
 async fn purge_loop(
     store: SharedStore,
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -332,8 +346,12 @@ async fn purge_loop(
             _ = shutdown.wait_for(|s| *s) => return,
         }
         match store.purge_expired(clock.now()).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(removed = n, "purged expired state"),
+            Ok((removed, ended)) => {
+                count_ended_by_store(&metrics, &ended);
+                if removed > 0 {
+                    tracing::debug!(removed, "purged expired state");
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "cannot purge expired state"),
         }
     }

@@ -25,7 +25,7 @@ pub use smtp::SmtpProvider;
 pub use telegram::TelegramProvider;
 pub use twilio::TwilioProvider;
 pub use webhook::WebhookProvider;
-pub use worker::{DeliverySettings, Wakeups, Worker};
+pub use worker::{DeliverySettings, Wakeups, Worker, count_ended_by_store};
 
 use crate::clock::Timestamp;
 use crate::domain::Channel;

@@ -15,7 +15,7 @@ use super::{
 use crate::clock::{Clock, Timestamp};
 use crate::domain::Channel;
 use crate::metrics::Metrics;
-use crate::store::SharedStore;
+use crate::store::{EndedJobs, SharedStore};
 
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
@@ -103,7 +103,8 @@ impl Worker {
                 .claim_deliveries(channel, now, lease_until, free)
                 .await;
             let next_due = match claimed {
-                Ok(jobs) => {
+                Ok((jobs, ended)) => {
+                    count_ended_by_store(&self.metrics, &ended);
                     let full = jobs.len() == free;
                     for job in jobs {
                         let worker = Arc::clone(&self);
@@ -146,14 +147,17 @@ impl Worker {
     async fn deliver(&self, job: DeliveryJob) {
         let report = self.attempt(&job).await;
         let now = self.clock.now();
-        self.count_end(&job, &report, now);
-        if let Err(e) = self
+        // Counted once recorded: an unrecorded attempt is made again, and counted then.
+        match self
             .store
-            .finish_attempt(job.channel, job.id, report, now)
+            .finish_attempt(job.channel, job.id, report.clone(), now)
             .await
         {
+            Ok(()) => self.count_end(&job, &report, now),
             // The lease runs out and the job is taken again: delivered at least once.
-            tracing::warn!(delivery = %job.id, error = %e, "cannot record a delivery attempt");
+            Err(e) => {
+                tracing::warn!(delivery = %job.id, error = %e, "cannot record a delivery attempt")
+            }
         }
     }
 
@@ -260,6 +264,27 @@ impl Worker {
             },
         };
         report(result, tries)
+    }
+}
+
+/// Jobs the store ended by itself (expired unsent, unreadable), counted with those
+/// workers end, so that an alert on failures sees them too.
+pub fn count_ended_by_store(metrics: &Metrics, ended: &EndedJobs) {
+    for channel in Channel::ALL {
+        let i = channel as usize;
+        for (state, n) in [("expired", ended.expired[i]), ("failed", ended.failed[i])] {
+            if n > 0 {
+                metrics.add(
+                    "otpd_deliveries_total",
+                    &[
+                        ("channel", channel.as_str()),
+                        ("provider", "none"),
+                        ("state", state),
+                    ],
+                    n,
+                );
+            }
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::connect_info::Connected;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -75,7 +75,6 @@ pub fn router(state: AppState, auth: Option<BasicAuth>) -> Router {
     let (router, _) = routes().finish();
     let metrics = state.metrics.clone();
     let mut router = router
-        .route_layer(middleware::from_fn(name_the_route))
         .fallback(|| async { ApiError::NotFound("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state);
@@ -88,23 +87,6 @@ pub fn router(state: AppState, auth: Option<BasicAuth>) -> Router {
     router
         .layer(middleware::from_fn(refuse_large_bodies))
         .layer(middleware::from_fn_with_state(metrics, access_log))
-}
-
-/// The route a request matched (its pattern, never the path itself), handed to the
-/// access log through the response.
-#[derive(Clone)]
-struct RouteName(String);
-
-async fn name_the_route(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned());
-    let mut response = next.run(req).await;
-    if let Some(route) = route {
-        response.extensions_mut().insert(RouteName(route));
-    }
-    response
 }
 
 /// A caller's `X-Request-Id` is kept when it is short and plain; otherwise one is made.
@@ -145,16 +127,13 @@ async fn access_log(State(metrics): State<Arc<Metrics>>, req: Request, next: Nex
     let started = Instant::now();
     let id = request_id(req.headers());
     let method = req.method().clone();
+    // Named before routing, so that answers given before it (401, 413) are named too.
+    let route = routes::route_of(req.uri().path()).unwrap_or("unmatched");
     let mut response = next.run(req).await;
-    let route = response
-        .extensions()
-        .get::<RouteName>()
-        .map_or("unmatched", |r| r.0.as_str())
-        .to_owned();
     let status = response.status().as_u16();
     metrics.count(
         "otpd_http_requests_total",
-        &[("route", &route), ("status", &status.to_string())],
+        &[("route", route), ("status", &status.to_string())],
     );
     tracing::info!(
         request_id = %id,

@@ -60,6 +60,8 @@ pub struct Doc {
     pub open: bool,
     /// The 200 answer is not the JSON envelope (metrics, the docs page).
     pub plain: Option<&'static str>,
+    /// Whether GET reads the fields too (a GET that only shows does not).
+    pub fields_on_get: bool,
 }
 
 /// Answers every route may give.
@@ -111,6 +113,11 @@ impl Routes {
         self.router = self.router.route(&doc.path, handler);
         self.docs.push(doc);
         self
+    }
+
+    /// The path patterns of every route.
+    pub fn paths(&self) -> Vec<String> {
+        self.docs.iter().map(|d| d.path.clone()).collect()
     }
 
     /// The router, and the OpenAPI document of its routes (served at `/openapi.json`).
@@ -180,19 +187,30 @@ fn operation(doc: &Doc, method: &str) -> Value {
                 "schema": {"type": "string"}}));
         }
     }
+    let fields: &[Field] = if method == "GET" && !doc.fields_on_get {
+        &[]
+    } else {
+        &doc.fields
+    };
+    if method == "GET" {
+        // A GET takes its fields from the query string (a JSON body works too, as the
+        // brief's examples send it).
+        for f in fields {
+            parameters.push(
+                json!({"name": f.name, "in": "query", "required": f.required,
+                "description": f.about, "schema": field_schema(f)}),
+            );
+        }
+    }
     if !parameters.is_empty() {
         op["parameters"] = Value::Array(parameters);
     }
-    if !doc.fields.is_empty() {
+    if method != "GET" && !fields.is_empty() {
         let mut properties = Map::new();
         let mut required = Vec::new();
-        for f in &doc.fields {
-            let mut schema = json!({"description": f.about});
-            schema["type"] = match f.kind {
-                // Numbers may also be sent as numeric strings.
-                "integer" => json!(["integer", "string"]),
-                kind => json!(kind),
-            };
+        for f in fields {
+            let mut schema = field_schema(f);
+            schema["description"] = json!(f.about);
             properties.insert(f.name.to_owned(), schema);
             if f.required {
                 required.push(f.name);
@@ -211,16 +229,29 @@ fn operation(doc: &Doc, method: &str) -> Value {
     op
 }
 
+fn field_schema(f: &Field) -> Value {
+    match f.kind {
+        // Numbers may also be sent as numeric strings.
+        "integer" => json!({"type": ["integer", "string"]}),
+        // Lists, given in a query string, are JSON text.
+        "array" => json!({"type": ["array", "string"]}),
+        kind => json!({"type": kind}),
+    }
+}
+
 fn responses(doc: &Doc) -> Value {
     let mut out = Map::new();
     let mut by_status: Vec<&Answer> = doc.answers.iter().collect();
-    if doc.plain.is_none() {
-        by_status.extend(
-            COMMON
-                .iter()
-                .filter(|a| doc.open.then_some(a.status) != Some(401)),
-        );
-    }
+    // The answers every route may give, unless the route says otherwise: no 401 where
+    // Basic auth does not apply, and a plain route (metrics, this document) only 401.
+    let own = |status| doc.answers.iter().any(|a| a.status == status);
+    by_status.extend(COMMON.iter().filter(|a| {
+        !own(a.status)
+            && match a.status {
+                401 => !doc.open,
+                _ => doc.plain.is_none(),
+            }
+    }));
     for a in by_status {
         let entry = out
             .entry(a.status.to_string())
@@ -242,7 +273,14 @@ fn responses(doc: &Doc) -> Value {
             schema = json!({"allOf": [schema, {"properties": {"status_code": {"enum": codes}}}]});
         }
         let media = match (status.as_str(), doc.plain) {
-            ("200", Some(media)) => json!({ media: {"schema": {"type": "string"}} }),
+            ("200", Some(media)) => {
+                let kind = if media == "application/json" {
+                    "object"
+                } else {
+                    "string"
+                };
+                json!({ media: {"schema": {"type": kind}} })
+            }
             _ => json!({"application/json": {"schema": schema}}),
         };
         *entry = json!({"description": entry["description"], "content": media});

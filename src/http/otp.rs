@@ -49,9 +49,13 @@ pub(super) fn ip(params: &Params) -> Result<Option<IpAddr>, ApiError> {
 pub async fn create(
     State(app): State<AppState>,
     channel: Channel,
-    params: Params,
+    params: Result<Params, ApiError>,
 ) -> Result<Response, ApiError> {
-    let created = create_code(&app, channel, params).await;
+    // A body that cannot be read is an invalid send too.
+    let created = match params {
+        Ok(params) => create_code(&app, channel, params).await,
+        Err(e) => Err(e),
+    };
     let outcome = match &created {
         Ok(_) => Some("accepted"),
         Err(ApiError::LimitReached { .. }) => Some("limited"),

@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use serde_json::Value;
 
+use super::error::ApiError;
 use super::openapi::{Answer, Doc, Field, Routes, answer, field};
 use super::params::Params;
 use super::{AppState, limits, metrics, openapi, otp, status, telegram};
@@ -28,6 +29,7 @@ fn doc(path: &str, methods: &'static [&'static str], tag: &'static str, summary:
         answers: Vec::new(),
         open: false,
         plain: None,
+        fields_on_get: true,
     }
 }
 
@@ -49,6 +51,12 @@ impl Doc {
 
     fn plain(mut self, media: &'static str) -> Self {
         self.plain = Some(media);
+        self
+    }
+
+    /// GET shows; only POST takes the fields.
+    fn fields_for_post_only(mut self) -> Self {
+        self.fields_on_get = false;
         self
     }
 }
@@ -179,7 +187,7 @@ pub fn routes() -> Routes {
         .add(
             doc("/metrics", &["GET"], "operations", "Prometheus metrics (text format)")
                 .plain("text/plain")
-                .answers(vec![answer(200, &[], "the metrics"), answer(401, &["unauthorized"], "Basic auth is on")]),
+                .answers(vec![answer(200, &[], "the metrics")]),
             get(metrics::metrics),
         )
         .add(
@@ -238,7 +246,7 @@ pub fn routes() -> Routes {
                         answer(200, &[], "content: {\"id\": delivery id, \"expires_at\": RFC 3339}"),
                         answer(400, limit_code(ch), "a limit is reached (Retry-After), ip is missing while IP rules exist, or a field is missing or malformed"),
                     ]),
-                post(move |s: State<AppState>, p: Params| otp::create(s, ch, p)),
+                post(move |s: State<AppState>, p: Result<Params, ApiError>| otp::create(s, ch, p)),
             )
             .add(
                 doc(&format!("/{ch}/check"), &["GET", "POST"], "codes", &format!("Check a code sent by {ch}; a right one is spent"))
@@ -253,6 +261,7 @@ pub fn routes() -> Routes {
             .add(
                 doc(&format!("/limit/{ch}"), &["GET", "POST"], "limits", &format!("Show (GET) or replace (POST) the send limits of {ch}"))
                     .fields(limit_fields(ch))
+                    .fields_for_post_only()
                     .answers(vec![
                         answer(200, &[], "content: the rules in force, {\"ips\": [...], target key: [...]}"),
                         INVALID,
@@ -267,4 +276,26 @@ pub fn routes() -> Routes {
 pub fn spec() -> &'static Value {
     static SPEC: OnceLock<Value> = OnceLock::new();
     SPEC.get_or_init(|| routes().finish().1)
+}
+
+/// The route pattern `path` falls under (`/deliveries/{id}` for `/deliveries/abc`), for
+/// logs and metrics, which must never carry the path itself.
+pub fn route_of(path: &str) -> Option<&'static str> {
+    static PATTERNS: OnceLock<Vec<&'static str>> = OnceLock::new();
+    let patterns = PATTERNS.get_or_init(|| {
+        routes()
+            .paths()
+            .into_iter()
+            .map(|p| &*Box::leak(p.into_boxed_str()))
+            .collect()
+    });
+    let segments: Vec<&str> = path.split('/').collect();
+    patterns.iter().copied().find(|pattern| {
+        let parts: Vec<&str> = pattern.split('/').collect();
+        parts.len() == segments.len()
+            && parts
+                .iter()
+                .zip(&segments)
+                .all(|(p, s)| p == s || (p.starts_with('{') && !s.is_empty()))
+    })
 }

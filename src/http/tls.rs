@@ -68,9 +68,13 @@ impl TlsListener {
         let (tx, ready) = mpsc::channel(64);
         let acceptor = TlsAcceptor::from(config);
         tokio::spawn(async move {
-            // Ends when the listener side is dropped (the server stopped).
-            while !tx.is_closed() {
-                let (tcp, peer) = match listener.accept().await {
+            // Ends, releasing the port, as soon as the server drops its side.
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = tx.closed() => break,
+                };
+                let (tcp, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot accept a connection");

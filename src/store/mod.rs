@@ -105,6 +105,15 @@ pub struct CodeCheck {
     pub max_attempts: u32,
 }
 
+/// Jobs a store operation ended by itself, per channel (indexed as `Channel::ALL`):
+/// expired before any worker sent them, or failed as unreadable. Counted in the metrics
+/// beside the jobs workers end.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndedJobs {
+    pub expired: [u64; 4],
+    pub failed: [u64; 4],
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxStats {
     pub channel: Channel,
@@ -170,7 +179,7 @@ pub trait Store: Send + Sync {
         now: Timestamp,
         lease_until: Timestamp,
         max: usize,
-    ) -> Result<Vec<DeliveryJob>, StoreError>;
+    ) -> Result<(Vec<DeliveryJob>, EndedJobs), StoreError>;
 
     /// When the next job of `channel` comes due (a retry, or a lease running out), if any
     /// is waiting.
@@ -199,7 +208,7 @@ pub trait Store: Send + Sync {
     async fn delivery(&self, id: DeliveryId) -> Result<Option<DeliveryStatus>, StoreError>;
 
     /// Removes expired codes, stale guess counts and sends, and old finished jobs.
-    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
+    async fn purge_expired(&self, now: Timestamp) -> Result<(u64, EndedJobs), StoreError>;
 
     /// Unfinished jobs per channel (channels with none may be left out).
     async fn outbox_stats(&self) -> Result<Vec<OutboxStats>, StoreError>;

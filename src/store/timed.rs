@@ -7,8 +7,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    CodeCheck, CreateOutcome, DeliveryStatus, LinkCodeOutcome, LinkLookup, LinkLookupOutcome,
-    NewCode, NewLinkCode, OutboxStats, SharedStore, Store, StoreError,
+    CodeCheck, CreateOutcome, DeliveryStatus, EndedJobs, LinkCodeOutcome, LinkLookup,
+    LinkLookupOutcome, NewCode, NewLinkCode, OutboxStats, SharedStore, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob};
@@ -70,7 +70,7 @@ impl Store for TimedStore {
         now: Timestamp,
         lease_until: Timestamp,
         max: usize,
-    ) -> Result<Vec<DeliveryJob>, StoreError> {
+    ) -> Result<(Vec<DeliveryJob>, EndedJobs), StoreError> {
         let call = self.inner.claim_deliveries(channel, now, lease_until, max);
         self.timed("claim_deliveries", call).await
     }
@@ -110,7 +110,7 @@ impl Store for TimedStore {
         self.timed("delivery", self.inner.delivery(id)).await
     }
 
-    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+    async fn purge_expired(&self, now: Timestamp) -> Result<(u64, EndedJobs), StoreError> {
         self.timed("purge_expired", self.inner.purge_expired(now))
             .await
     }

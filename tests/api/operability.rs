@@ -141,6 +141,16 @@ async fn the_outbox_shows_its_depth_and_the_age_of_its_oldest_job() {
         &m,
         r#"otpd_delivery_oldest_job_age_seconds{channel="email"} 42"#,
     );
+    has(&m, r#"otpd_delivery_queue_depth{channel="sms"} 0"#);
+    // Jobs that expire with no worker to send them count as ended, like the rest.
+    t.advance(300);
+    t.app().purge_expired().await.unwrap();
+    let m = metrics_of(&t).await;
+    has(&m, r#"otpd_delivery_queue_depth{channel="email"} 0"#);
+    has(
+        &m,
+        r#"otpd_deliveries_total{channel="email",provider="none",state="expired"} 3"#,
+    );
 }
 
 #[tokio::test]
@@ -169,12 +179,12 @@ async fn metrics_need_basic_auth_unless_served_on_their_own_listener() {
         .await
         .unwrap();
     assert_eq!(separate.status(), StatusCode::OK);
-    assert!(
-        separate
-            .text()
-            .await
-            .unwrap()
-            .contains("# TYPE otpd_sends_total counter")
+    let text = separate.text().await.unwrap();
+    assert!(text.contains("# TYPE otpd_sends_total counter"));
+    // Refused before routing, and still named by its route.
+    has(
+        &text,
+        r#"otpd_http_requests_total{route="/metrics",status="401"} 1"#,
     );
     let elsewhere = t
         .client
@@ -312,6 +322,19 @@ async fn the_api_describes_itself_and_its_page_needs_nothing_from_elsewhere() {
     ] {
         assert!(spec["paths"][path][method].is_object(), "{method} {path}");
     }
+    let query: Vec<&str> = spec["paths"]["/sms/check"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(query, ["phone", "password"]);
+    assert!(
+        spec["paths"]["/limit/sms"]["get"]
+            .get("parameters")
+            .is_none()
+    );
+    assert!(spec["paths"]["/limit/sms"]["post"]["requestBody"].is_object());
     let fields =
         &spec["paths"]["/email"]["post"]["requestBody"]["content"]["application/json"]["schema"];
     assert_eq!(fields["required"], json!(["email"]));

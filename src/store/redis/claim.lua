@@ -1,6 +1,7 @@
 -- Take due jobs of one channel. KEYS: queue (stream), delayed (retries by due time).
 -- ARGV: now, lease_until, max, consumer, key tag, retention (ms).
--- Returns {id, target, payload, attempts, expires_at, created_at} per job taken.
+-- Returns {jobs, expired, failed}: {id, target, payload, attempts, expires_at,
+-- created_at} per job taken, and how many jobs this call ended itself.
 local now, max, tag = tonumber(ARGV[1]), tonumber(ARGV[3]), ARGV[5]
 local queue, group, retention = KEYS[1], 'workers', tonumber(ARGV[6])
 -- Made here rather than once at start, so that a Redis that lost its data recovers.
@@ -11,7 +12,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0
   redis.call('ZREM', KEYS[2], id)
 end
 
-local jobs = {}
+local jobs, expired, failed = {}, 0, 0
 -- Leases a job for sending, or ends an entry that has nothing left to send.
 local function take(entry, id)
   local job, msg = tag .. ':job:' .. id, tag .. ':msg:' .. id
@@ -23,7 +24,10 @@ local function take(entry, id)
   elseif tonumber(redis.call('HGET', job, 'expires_at')) <= now then
     -- A code that has expired is worthless to its recipient: do not send it late.
     expire_job(job, msg, now, retention)
+    expired = expired + 1
   elseif not payload then
+    failed = failed + 1
+    redis.call('ZREM', tag .. ':unfinished', id)
     redis.call('HSET', job, 'state', 'failed', 'updated_at', now,
       'error', 'the stored job could not be read')
     redis.call('HDEL', job, 'lease_until', 'entry')
@@ -65,4 +69,4 @@ while #jobs < max do
   if not read or #read[1][2] == 0 then break end
   for _, e in ipairs(read[1][2]) do take(e[1], e[2][2]) end
 end
-return jobs
+return {jobs, expired, failed}

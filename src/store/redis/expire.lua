@@ -7,7 +7,10 @@ local now, tag, retention, ended = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local function lapse(id)
   local job = tag .. ':job:' .. id
   local state = redis.call('HGET', job, 'state')
-  if state ~= 'queued' and state ~= 'sending' then return true end
+  if state ~= 'queued' and state ~= 'sending' then
+    redis.call('ZREM', unfinished_of(KEYS[1]), id)
+    return true
+  end
   if tonumber(redis.call('HGET', job, 'expires_at')) > now then return false end
   if state == 'sending' and tonumber(redis.call('HGET', job, 'lease_until') or '0') > now then
     return false
@@ -24,6 +27,12 @@ for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1000)) do
 end
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, 999)) do
   if lapse(id) then redis.call('ZREM', KEYS[2], id) end
+end
+-- Unfinished jobs whose record is gone (it expired by itself) are not waiting any more.
+for _, id in ipairs(redis.call('ZRANGE', unfinished_of(KEYS[1]), 0, 999)) do
+  if redis.call('EXISTS', tag .. ':job:' .. id) == 0 then
+    redis.call('ZREM', unfinished_of(KEYS[1]), id)
+  end
 end
 -- Every process has a consumer name of its own; those of processes long gone go.
 local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[1], 'workers')

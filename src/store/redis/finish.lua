@@ -38,6 +38,7 @@ if ARGV[2] == 'queued' then
 else
   -- The message held the code: it goes with the job's end.
   redis.call('DEL', KEYS[5])
+  redis.call('ZREM', unfinished_of(KEYS[3]), ARGV[9])
   redis.call('PEXPIRE', job, ARGV[8])
   redis.call('PEXPIRE', KEYS[2], ARGV[8])
 end

@@ -54,6 +54,12 @@ local function ttl(until_, now)
   return math.max(1, until_ - now)
 end
 
+-- The jobs not yet ended, by creation time (queue depth and age for the metrics);
+-- `queue` is "<tag>:queue".
+local function unfinished_of(queue)
+  return string.sub(queue, 1, -7) .. ':unfinished'
+end
+
 -- Puts a job in the outbox: its metadata, its message (which Redis erases by itself at
 -- the code's expiry at the latest) and its stream entry.
 local function enqueue(queue, job, msg, id, channel, target, payload, now, expires, retention)
@@ -63,6 +69,7 @@ local function enqueue(queue, job, msg, id, channel, target, payload, now, expir
   redis.call('PEXPIRE', job, ttl(expires, now) + retention)
   redis.call('SET', msg, payload, 'PX', ttl(expires, now))
   redis.call('XADD', queue, '*', 'id', id)
+  redis.call('ZADD', unfinished_of(queue), now, id)
 end
 
 -- Ends a queued (or lapsed) job as expired: its code is worthless now.
@@ -74,4 +81,6 @@ local function expire_job(job, msg, now, retention)
   redis.call('HDEL', job, 'lease_until', 'entry')
   redis.call('PEXPIRE', job, retention)
   redis.call('DEL', msg)
+  redis.call('ZREM', string.sub(job, 1, string.find(job, ':job:', 1, true) - 1) .. ':unfinished',
+    string.sub(job, string.find(job, ':job:', 1, true) + 5))
 end

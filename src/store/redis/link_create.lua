@@ -33,6 +33,7 @@ if previous then
       'error', 'replaced by a newer code for the same chat')
     redis.call('PEXPIRE', old_job, ARGV[9])
     redis.call('DEL', tag .. ':msg:' .. old_id)
+    redis.call('ZREM', tag .. ':unfinished', old_id)
   end
 end
 redis.call('SET', KEYS[4], ARGV[4] .. '|' .. ARGV[2], 'PX', ttl(expires, now))

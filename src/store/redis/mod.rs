@@ -15,8 +15,8 @@ use redis::{FromRedisValue, Script, Value};
 use self::conn::Conn;
 use super::outbox::{AttemptEnd, Payload, StoredTry};
 use super::{
-    CodeCheck, CreateOutcome, DeliveryStatus, LinkCodeOutcome, LinkLookup, LinkLookupOutcome,
-    NewCode, NewLinkCode, OutboxStats, Store, StoreError,
+    CodeCheck, CreateOutcome, DeliveryStatus, EndedJobs, LinkCodeOutcome, LinkLookup,
+    LinkLookupOutcome, NewCode, NewLinkCode, OutboxStats, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob, DeliveryState};
@@ -247,9 +247,10 @@ impl Store for RedisStore {
         now: Timestamp,
         lease_until: Timestamp,
         max: usize,
-    ) -> Result<Vec<DeliveryJob>, StoreError> {
+    ) -> Result<(Vec<DeliveryJob>, EndedJobs), StoreError> {
+        let mut ended = EndedJobs::default();
         if max == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), ended));
         }
         let mut call = self.scripts.claim.prepare_invoke();
         call.key(self.key(channel, "queue"))
@@ -260,8 +261,10 @@ impl Store for RedisStore {
             .arg(&self.consumer)
             .arg(self.tag(channel))
             .arg(RETENTION.as_millis() as u64);
-        let rows: Vec<(String, String, String, u32, i64, i64)> =
-            self.conn.invoke(&mut call).await?;
+        type Row = (String, String, String, u32, i64, i64);
+        let (rows, expired, failed): (Vec<Row>, u64, u64) = self.conn.invoke(&mut call).await?;
+        ended.expired[channel as usize] = expired;
+        ended.failed[channel as usize] = failed;
         let mut jobs = Vec::with_capacity(rows.len());
         for (id, target, payload, attempts, expires_at, created_at) in rows {
             let parsed = id
@@ -280,6 +283,7 @@ impl Store for RedisStore {
                     created_at: Timestamp::from_millis(created_at),
                 }),
                 Err(e) => {
+                    ended.failed[channel as usize] += 1;
                     // One damaged job must not stop its channel: it fails alone.
                     tracing::error!(error = %e, "a delivery job cannot be read; marking it failed");
                     let report = AttemptReport {
@@ -298,7 +302,7 @@ impl Store for RedisStore {
                 }
             }
         }
-        Ok(jobs)
+        Ok((jobs, ended))
     }
 
     async fn next_delivery_due(&self, channel: Channel) -> Result<Option<Timestamp>, StoreError> {
@@ -415,9 +419,9 @@ impl Store for RedisStore {
         Ok(None)
     }
 
-    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+    async fn purge_expired(&self, now: Timestamp) -> Result<(u64, EndedJobs), StoreError> {
         // Everything else expires by itself; jobs no worker took need a look.
-        let mut ended = 0;
+        let mut ended = EndedJobs::default();
         for channel in Channel::ALL {
             let mut call = self.scripts.expire.prepare_invoke();
             call.key(self.key(channel, "queue"))
@@ -426,41 +430,30 @@ impl Store for RedisStore {
                 .arg(self.tag(channel))
                 .arg(RETENTION.as_millis() as u64);
             let n: u64 = self.conn.invoke(&mut call).await?;
-            ended += n;
+            ended.expired[channel as usize] = n;
         }
-        Ok(ended)
+        Ok((ended.expired.iter().sum(), ended))
     }
 
     async fn outbox_stats(&self) -> Result<Vec<OutboxStats>, StoreError> {
         let mut stats = Vec::new();
         for channel in Channel::ALL {
+            let unfinished = self.key(channel, "unfinished");
             let mut pipe = redis::pipe();
-            pipe.cmd("XLEN")
-                .arg(self.key(channel, "queue"))
-                .cmd("ZCARD")
-                .arg(self.key(channel, "delayed"))
-                .cmd("XRANGE")
-                .arg(self.key(channel, "queue"))
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1);
-            let (queued, delayed, first): (u64, u64, Vec<(String, Vec<(String, String)>)>) =
-                self.conn.pipeline(&pipe).await?;
-            let mut oldest = None;
-            if let Some((_, fields)) = first.first()
-                && let Some((_, id)) = fields.first()
-            {
-                let mut cmd = redis::cmd("HGET");
-                cmd.arg(self.key(channel, &format!("job:{id}")))
-                    .arg("created_at");
-                let created: Option<i64> = self.conn.query(&cmd).await?;
-                oldest = created.map(Timestamp::from_millis);
-            }
+            pipe.cmd("ZCARD")
+                .arg(&unfinished)
+                .cmd("ZRANGE")
+                .arg(&unfinished)
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES");
+            let (depth, oldest): (u64, Vec<(String, f64)>) = self.conn.pipeline(&pipe).await?;
             stats.push(OutboxStats {
                 channel,
-                depth: queued + delayed,
-                oldest_created_at: oldest,
+                depth,
+                oldest_created_at: oldest
+                    .first()
+                    .map(|(_, at)| Timestamp::from_millis(*at as i64)),
             });
         }
         Ok(stats)

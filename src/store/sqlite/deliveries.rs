@@ -7,7 +7,7 @@ use crate::clock::Timestamp;
 use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob, DeliveryState};
 use crate::domain::Channel;
 use crate::store::outbox::{AttemptEnd, Payload, StoredTry, cap_history};
-use crate::store::{DeliveryStatus, NewCode, OutboxStats, StoreError};
+use crate::store::{DeliveryStatus, EndedJobs, NewCode, OutboxStats, StoreError};
 
 pub(super) fn enqueue(conn: &Connection, code: &NewCode) -> Result<(), StoreError> {
     let payload = Payload::encode(code)?;
@@ -49,12 +49,14 @@ pub(super) fn claim(
     now: Timestamp,
     lease_until: Timestamp,
     max: usize,
-) -> Result<Vec<DeliveryJob>, StoreError> {
+) -> Result<(Vec<DeliveryJob>, EndedJobs), StoreError> {
+    let mut ended = EndedJobs::default();
     if max == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), ended));
     }
     let now = now.millis();
-    expire_lapsed(conn, Some(channel), Timestamp::from_millis(now))?;
+    ended.expired[channel as usize] =
+        expire_lapsed(conn, Some(channel), Timestamp::from_millis(now))?;
     let mut stmt = conn
         .prepare_cached(
             "UPDATE deliveries
@@ -90,6 +92,7 @@ pub(super) fn claim(
         }
     }
     drop(rows);
+    ended.failed[channel as usize] = unreadable.len() as u64;
     for id in unreadable {
         conn.prepare_cached(
             "UPDATE deliveries SET state = 'failed', payload = NULL, lease_until = NULL,
@@ -99,7 +102,7 @@ pub(super) fn claim(
         .and_then(|mut s| s.execute(params![id, now]))
         .map_err(map_err)?;
     }
-    Ok(jobs)
+    Ok((jobs, ended))
 }
 
 /// A code that has expired is worthless to its recipient: its job ends `expired`, and its
@@ -108,7 +111,7 @@ fn expire_lapsed(
     conn: &Connection,
     channel: Option<Channel>,
     now: Timestamp,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     conn.prepare_cached(
         "UPDATE deliveries
          SET state = 'expired', payload = NULL, lease_until = NULL, updated_at = ?1,
@@ -118,8 +121,8 @@ fn expire_lapsed(
            AND expires_at <= ?1 AND (state = 'queued' OR lease_until <= ?1)",
     )
     .and_then(|mut s| s.execute(params![now.millis(), channel.map(Channel::as_str)]))
-    .map_err(map_err)?;
-    Ok(())
+    .map_err(map_err)
+    .map(|n| n as u64)
 }
 
 pub(super) fn next_due(
@@ -276,8 +279,11 @@ pub(super) fn purge(
     conn: &Connection,
     now: Timestamp,
     before: Timestamp,
+    ended: &mut EndedJobs,
 ) -> Result<u64, StoreError> {
-    expire_lapsed(conn, None, now)?;
+    for channel in Channel::ALL {
+        ended.expired[channel as usize] += expire_lapsed(conn, Some(channel), now)?;
+    }
     let n = conn
         .execute(
             "DELETE FROM deliveries
@@ -307,12 +313,15 @@ pub(super) fn stats(conn: &Connection) -> Result<Vec<OutboxStats>, StoreError> {
         })
         .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
         .map_err(map_err)?;
-    rows.into_iter()
-        .map(|(channel, depth, oldest)| {
+    // Every channel, with zeros where nothing waits (as the Redis store answers).
+    Channel::ALL
+        .into_iter()
+        .map(|channel| {
+            let row = rows.iter().find(|(c, _, _)| c == channel.as_str());
             Ok(OutboxStats {
-                channel: parse_channel(channel)?,
-                depth,
-                oldest_created_at: oldest.map(Timestamp::from_millis),
+                channel,
+                depth: row.map_or(0, |r| r.1),
+                oldest_created_at: row.and_then(|r| r.2).map(Timestamp::from_millis),
             })
         })
         .collect()

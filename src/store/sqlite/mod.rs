@@ -16,8 +16,8 @@ use rusqlite::{Connection, ErrorCode};
 
 use self::writer::Writer;
 use super::{
-    CodeCheck, CreateOutcome, DeliveryStatus, LinkCodeOutcome, LinkLookup, LinkLookupOutcome,
-    NewCode, NewLinkCode, OutboxStats, Store, StoreError,
+    CodeCheck, CreateOutcome, DeliveryStatus, EndedJobs, LinkCodeOutcome, LinkLookup,
+    LinkLookupOutcome, NewCode, NewLinkCode, OutboxStats, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob};
@@ -187,7 +187,7 @@ impl Store for SqliteStore {
         now: Timestamp,
         lease_until: Timestamp,
         max: usize,
-    ) -> Result<Vec<DeliveryJob>, StoreError> {
+    ) -> Result<(Vec<DeliveryJob>, EndedJobs), StoreError> {
         self.writer
             .call(move |conn| deliveries::claim(conn, channel, now, lease_until, max))
             .await
@@ -235,14 +235,20 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+    async fn purge_expired(&self, now: Timestamp) -> Result<(u64, EndedJobs), StoreError> {
         self.writer
             .call(move |conn| {
+                let mut ended = EndedJobs::default();
                 let mut purged = codes::purge(conn, now)?;
                 purged += limits::purge_sends(conn, now)?;
                 purged += links::purge(conn, now)?;
-                purged += deliveries::purge(conn, now, now.minus(FINISHED_DELIVERY_RETENTION))?;
-                Ok(purged)
+                purged += deliveries::purge(
+                    conn,
+                    now,
+                    now.minus(FINISHED_DELIVERY_RETENTION),
+                    &mut ended,
+                )?;
+                Ok((purged, ended))
             })
             .await
     }
