@@ -55,8 +55,7 @@ pub(super) fn claim(
         return Ok((Vec::new(), ended));
     }
     let now = now.millis();
-    ended.expired[channel as usize] =
-        expire_lapsed(conn, Some(channel), Timestamp::from_millis(now))?;
+    ended.expired[channel as usize] = expire_lapsed(conn, channel, Timestamp::from_millis(now))?;
     let mut stmt = conn
         .prepare_cached(
             "UPDATE deliveries
@@ -106,21 +105,19 @@ pub(super) fn claim(
 }
 
 /// A code that has expired is worthless to its recipient: its job ends `expired`, and its
-/// message is erased, whether or not a worker is running (`channel`: all when `None`).
-fn expire_lapsed(
-    conn: &Connection,
-    channel: Option<Channel>,
-    now: Timestamp,
-) -> Result<u64, StoreError> {
+/// message is erased, whether or not a worker is running. One channel at a time, so
+/// that the (channel, state, expires_at) index answers it: a claim must not read the
+/// whole backlog.
+fn expire_lapsed(conn: &Connection, channel: Channel, now: Timestamp) -> Result<u64, StoreError> {
     conn.prepare_cached(
         "UPDATE deliveries
          SET state = 'expired', payload = NULL, lease_until = NULL, updated_at = ?1,
              error = 'the code expired before it could be delivered'
                      || coalesce(' (last error: ' || error || ')', '')
-         WHERE (?2 IS NULL OR channel = ?2) AND state IN ('queued', 'sending')
+         WHERE channel = ?2 AND state IN ('queued', 'sending')
            AND expires_at <= ?1 AND (state = 'queued' OR lease_until <= ?1)",
     )
-    .and_then(|mut s| s.execute(params![now.millis(), channel.map(Channel::as_str)]))
+    .and_then(|mut s| s.execute(params![now.millis(), channel.as_str()]))
     .map_err(map_err)
     .map(|n| n as u64)
 }
@@ -282,7 +279,7 @@ pub(super) fn purge(
     ended: &mut EndedJobs,
 ) -> Result<u64, StoreError> {
     for channel in Channel::ALL {
-        ended.expired[channel as usize] += expire_lapsed(conn, Some(channel), now)?;
+        ended.expired[channel as usize] += expire_lapsed(conn, channel, now)?;
     }
     let n = conn
         .execute(

@@ -60,6 +60,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
 DROP INDEX IF EXISTS deliveries_due;
 CREATE INDEX IF NOT EXISTS deliveries_due_by_channel
     ON deliveries (channel, state, next_attempt_at);
+-- Every claim looks for jobs whose code expired: without this it would read the whole
+-- backlog each time.
+CREATE INDEX IF NOT EXISTS deliveries_expiring_by_channel
+    ON deliveries (channel, state, expires_at);
 
 -- Codes the Telegram bot handed out, found by the code alone (GET /target): the hash is
 -- of the code only, so it is unique among live codes.

@@ -1,0 +1,255 @@
+"""Runs every measurement of the benchmark in one go and reports each figure against
+the baseline server measured in the same run (see BENCHMARKS.md). Called by bench/run."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+OTPD = os.path.join(RELEASE, "otpd")
+BASELINE = os.path.join(RELEASE, "examples", "baseline")
+SEED = os.path.join(RELEASE, "examples", "seed")
+PHONES_LUA = os.path.join(ROOT, "bench", "wrk", "phones.lua")
+SECRET = "benchmark-secret-0123456789abcdef-0123456789"
+
+QUICK = "--quick" in sys.argv
+DURATION = 3 if QUICK else 10
+CONNECTIONS = 64
+THREADS = 2
+LIVE_CODES = 100_000 if QUICK else 1_000_000
+DRAIN_JOBS = 20_000 if QUICK else 100_000
+# Codes seeded for the check runs, per wrk thread and kind (right, wrong).
+CHECK_STRIDE = 400_000
+CHECK_SEEDED = 20_000 if QUICK else CHECK_STRIDE
+
+results = []
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except Exception:
+            time.sleep(0.05)
+    raise SystemExit(f"{url} did not come up")
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def to_ms(value):
+    number, unit = re.match(r"([\d.]+)(\w+)", value).groups()
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(name, url, script_args=None, body=None):
+    """Runs wrk against url; returns and records requests/s, p50 and p99 (ms)."""
+    cmd = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency"]
+    if script_args:
+        cmd += ["-s", PHONES_LUA, url, "--"] + script_args
+    else:
+        lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+        lua.write(
+            'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n'
+            % json.dumps(body)
+        )
+        lua.close()
+        cmd += ["-s", lua.name, url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = to_ms(re.search(r"50%\s+(\S+)", out).group(1))
+    p99 = to_ms(re.search(r"99%\s+(\S+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    row = {"name": name, "rps": rps, "p50_ms": p50, "p99_ms": p99,
+           "non_2xx": int(errors.group(1)) if errors else 0}
+    results.append(row)
+    print(f"  {name:<44} {rps:>10.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms", flush=True)
+    return row
+
+
+class Process:
+    def __init__(self, cmd, env=None, cwd=None):
+        self.proc = subprocess.Popen(
+            cmd, env={**os.environ, **(env or {})}, cwd=cwd,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def redis_server():
+    port = free_port()
+    data = tempfile.mkdtemp()
+    proc = Process(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "yes", "--appendfsync", "everysec", "--dir", data])
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                          text=True).stdout.strip() == "PONG":
+            return proc, f"redis://127.0.0.1:{port}"
+        time.sleep(0.05)
+    raise SystemExit("redis-server did not start")
+
+
+def seed(store, count, first_phone, prefix):
+    subprocess.run([SEED, store, str(count), str(first_phone), prefix],
+                   env={**os.environ, "OTP_SECRET": SECRET}, check=True,
+                   stderr=subprocess.DEVNULL)
+
+
+def otpd(store, prefix, extra=None):
+    port = free_port()
+    env = {"OTP_LISTEN": f"127.0.0.1:{port}", "OTP_STORE": store, "OTP_SECRET": SECRET,
+           "OTP_REDIS_PREFIX": prefix, "DUMMY": "true", **(extra or {})}
+    proc = Process([OTPD], env=env, cwd=tempfile.mkdtemp())
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/health")
+    return proc, base
+
+
+def drained(base, timeout=900):
+    """Waits until the outbox is empty: seeded codes come with delivery jobs, and the
+    create and check figures must not include draining that backlog."""
+    started = time.time()
+    while time.time() - started < timeout:
+        text = urllib.request.urlopen(base + "/metrics").read().decode()
+        depths = re.findall(r"otpd_delivery_queue_depth\{[^}]*\} (\d+)", text)
+        if depths and all(int(d) == 0 for d in depths):
+            return time.time() - started
+        time.sleep(0.5)
+    raise SystemExit("the outbox did not drain")
+
+
+def seed_checks(store, prefix, block):
+    """Codes 123456 for the right- and wrong-code runs: per wrk thread a block of
+    CHECK_STRIDE phones, "<block>1..." for right and "<block>2..." for wrong."""
+    for kind in (1, 2):
+        for t in range(THREADS):
+            first = int(f"{block}{kind}0000000") + t * CHECK_STRIDE
+            seed(store, CHECK_SEEDED, first, prefix)
+
+
+def create_and_check(label, base, block):
+    wrk(f"{label} POST /sms (create)", base,
+        ["POST", "/sms", f"{block}0", str(4_000_000), "123456"])
+    wrk(f"{label} GET /sms/check right code", base,
+        ["GET", "/sms/check", f"{block}1", str(CHECK_STRIDE), "123456"])
+    wrk(f"{label} GET /sms/check wrong code", base,
+        ["GET", "/sms/check", f"{block}2", str(CHECK_STRIDE), "000000"])
+
+
+def store_run(label, store, prefix):
+    print(f"{label}:", flush=True)
+    seed_checks(store, prefix, 71)
+    proc, base = otpd(store, prefix)
+    figures = {"idle_rss_mib": rss_mib(proc.proc.pid)}
+    drained(base)
+    create_and_check(label, base, 71)
+    proc.stop()
+    print(f"  seeding {LIVE_CODES} live codes ...", flush=True)
+    seed(store, LIVE_CODES, 72000000000, prefix)
+    seed_checks(store, prefix, 73)
+    proc, base = otpd(store, prefix)
+    drained(base)
+    create_and_check(f"{label} +{LIVE_CODES // 1000}k live", base, 73)
+    figures["rss_after_live_codes_mib"] = rss_mib(proc.proc.pid)
+    proc.stop()
+    return figures
+
+
+def drain(label, store, prefix, sink):
+    seed(store, DRAIN_JOBS, 75000000000, prefix)
+    proc, base = otpd(store, prefix, {
+        "DUMMY": "false", "OTP_SMS_PROVIDERS": "webhook",
+        "OTP_SMS_WEBHOOK_URL": f"{sink}/hook", "OTP_DELIVERY_WORKERS": "256",
+    })
+    started = time.time()
+    while True:
+        text = urllib.request.urlopen(base + "/metrics").read().decode()
+        depth = re.search(r'otpd_delivery_queue_depth\{channel="sms"\} (\d+)', text)
+        if depth and int(depth.group(1)) == 0:
+            break
+        if time.time() - started > 600:
+            raise SystemExit("the queue did not drain in 10 minutes")
+        time.sleep(0.1)
+    took = time.time() - started
+    proc.stop()
+    rate = DRAIN_JOBS / took
+    results.append({"name": f"{label} drain {DRAIN_JOBS} jobs to a loopback sink",
+                    "jobs_per_s": rate})
+    print(f"  {label} drained {DRAIN_JOBS} jobs in {took:.1f} s: {rate:.0f} jobs/s", flush=True)
+    return rate
+
+
+def main():
+    sink_port = free_port()
+    baseline = Process([BASELINE, f"127.0.0.1:{sink_port}"])
+    sink = f"http://127.0.0.1:{sink_port}"
+    wait_http(sink + "/")
+    print("baseline:", flush=True)
+    base = wrk("baseline POST (parse JSON, answer)", sink + "/sms",
+               body='{"phone":"77011234567","password":"123456"}')
+
+    memory = {}
+    work = tempfile.mkdtemp()
+    memory["sqlite"] = store_run("sqlite", f"sqlite://{work}/otpd.db", "otpd")
+    redis, redis_url = redis_server()
+    try:
+        memory["redis"] = store_run("redis", redis_url, "bench")
+        print("delivery:", flush=True)
+        drain("sqlite", f"sqlite://{tempfile.mkdtemp()}/otpd.db", "otpd", sink)
+        drain("redis", redis_url, "drain", sink)
+    finally:
+        redis.stop()
+        baseline.stop()
+
+    for row in results:
+        if "rps" in row:
+            row["ratio_to_baseline"] = row["rps"] / base["rps"]
+    print()
+    print(f"{'measurement':<52} {'req/s':>9} {'x base':>7} {'p50 ms':>7} {'p99 ms':>7}")
+    for row in results:
+        if "rps" in row:
+            print(f"{row['name']:<52} {row['rps']:>9.0f} {row['ratio_to_baseline']:>7.2f} "
+                  f"{row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f}")
+        else:
+            print(f"{row['name']:<52} {row['jobs_per_s']:>9.0f} jobs/s")
+    for store, figures in memory.items():
+        print(f"{store}: idle RSS {figures['idle_rss_mib']:.1f} MiB, "
+              f"after {LIVE_CODES} live codes {figures['rss_after_live_codes_mib']:.1f} MiB")
+    with open(os.path.join(ROOT, "bench", "results.json"), "w") as f:
+        json.dump({"quick": QUICK, "duration_s": DURATION, "connections": CONNECTIONS,
+                   "live_codes": LIVE_CODES, "drain_jobs": DRAIN_JOBS,
+                   "cores": os.cpu_count(), "results": results, "memory_mib": memory},
+                  f, indent=2)
+    print("\nwritten to bench/results.json")
+
+
+if __name__ == "__main__":
+    main()
