@@ -261,7 +261,8 @@ async fn a_redis_cluster_serves_every_operation_within_its_slots() {
         .collect();
     let url = format!("redis+cluster://{}", seeds.join(","));
     let t = TestApp::spawn_on(TestStore::redis(url), &[]).await;
-    let b = t.replica().await;
+    // B sends nothing, so that every code is printed on A's console, where it is read.
+    let b = t.replica_with(&["--delivery-workers", "0"]).await;
     // Every channel (each its own slot), through delivery to the check.
     for (channel, body) in [
         ("sms", json!({"phone": PHONE})),

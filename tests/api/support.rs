@@ -150,12 +150,19 @@ impl TestApp {
 
     /// Another replica on the same store, clock and settings, with its own console.
     pub async fn replica(&self) -> TestApp {
+        self.replica_with(&[]).await
+    }
+
+    /// A replica with settings added to this one's.
+    pub async fn replica_with(&self, more: &[&str]) -> TestApp {
+        let mut args = self.args.clone();
+        args.extend(more.iter().map(|s| s.to_string()));
         TestApp::start(
             self.store.clone(),
             Arc::new(tempfile::tempdir().unwrap()),
             self.clock.clone(),
             Captured::default(),
-            self.args.clone(),
+            args,
         )
         .await
     }
