@@ -73,40 +73,20 @@ async fn metrics_follow_a_scripted_run_and_carry_no_target_or_code() {
     );
 
     let m = metrics_of(&t).await;
-    has(
-        &m,
+    for line in [
         r#"otpd_sends_total{channel="sms",outcome="accepted"} 3"#,
-    );
-    has(&m, r#"otpd_sends_total{channel="sms",outcome="invalid"} 1"#);
-    has(
-        &m,
+        r#"otpd_sends_total{channel="sms",outcome="invalid"} 1"#,
         r#"otpd_sends_total{channel="email",outcome="accepted"} 1"#,
-    );
-    has(
-        &m,
         r#"otpd_sends_total{channel="email",outcome="limited"} 1"#,
-    );
-    has(
-        &m,
         r#"otpd_limit_rejections_total{channel="email",kind="target"} 1"#,
-    );
-    has(&m, r#"otpd_checks_total{channel="sms",outcome="ok"} 1"#);
-    has(
-        &m,
+        r#"otpd_checks_total{channel="sms",outcome="ok"} 1"#,
         r#"otpd_checks_total{channel="sms",outcome="invalid_password"} 3"#,
-    );
-    has(
-        &m,
         r#"otpd_checks_total{channel="sms",outcome="attempts_exceeded"} 1"#,
-    );
-    has(
-        &m,
         r#"otpd_http_requests_total{route="/sms",status="400"} 1"#,
-    );
-    has(
-        &m,
         r#"otpd_http_requests_total{route="/email",status="400"} 1"#,
-    );
+    ] {
+        has(&m, line);
+    }
     assert!(m.contains(r#"otpd_deliveries_total{channel="sms",provider="console",state="sent"} "#));
     assert!(m.contains(r#"otpd_delivery_latency_seconds_count{channel="sms"} "#));
     assert!(m.contains(r#"otpd_store_operation_seconds_count{operation="create_code"} "#));

@@ -27,6 +27,33 @@ async fn three_replicas(args: &[&str]) -> Option<[TestApp; 3]> {
     Some([a, b, c])
 }
 
+/// Sends `count` requests at once, spread over the replicas; each answers its
+/// `status_code` (or `success` when it is a yes).
+async fn all_at_once(
+    replicas: &[TestApp],
+    count: usize,
+    method: reqwest::Method,
+    path: &str,
+    body: impl Fn(usize) -> Value,
+) -> Vec<String> {
+    let mut requests = JoinSet::new();
+    for i in 0..count {
+        let replica = &replicas[i % replicas.len()];
+        let request = replica
+            .client
+            .request(method.clone(), format!("{}{path}", replica.base))
+            .json(&body(i));
+        requests.spawn(async move {
+            let answer: Value = request.send().await.unwrap().json().await.unwrap();
+            answer["status_code"]
+                .as_str()
+                .unwrap_or("success")
+                .to_owned()
+        });
+    }
+    requests.join_all().await
+}
+
 #[tokio::test]
 async fn a_code_made_on_one_replica_checks_on_another_and_is_then_spent_for_all() {
     let Some([a, b, c]) = three_replicas(&[]).await else {
@@ -61,28 +88,15 @@ async fn a_send_limit_holds_across_replicas_under_concurrent_load() {
             json!({"phones": [{"minutes": 10, "rate": 3}]}),
         )
         .await;
-    let mut sends = JoinSet::new();
-    for i in 0..60 {
-        let base = replicas[i % 3].base.clone();
-        let client = replicas[i % 3].client.clone();
-        sends.spawn(async move {
-            let answer: Value = client
-                .post(format!("{base}/sms"))
-                .json(&json!({"phone": PHONE, "password": format!("{i:06}")}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            answer["status_code"]
-                .as_str()
-                .unwrap_or("accepted")
-                .to_owned()
-        });
-    }
-    let answers = sends.join_all().await;
-    let accepted = answers.iter().filter(|a| *a == "accepted").count();
+    let answers = all_at_once(
+        &replicas,
+        60,
+        reqwest::Method::POST,
+        "/sms",
+        |i| json!({"phone": PHONE, "password": format!("{i:06}")}),
+    )
+    .await;
+    let accepted = answers.iter().filter(|a| *a == "success").count();
     let limited = answers.iter().filter(|a| *a == "phone_limit").count();
     assert_eq!((accepted, limited), (3, 57), "{answers:?}");
 }
@@ -95,24 +109,14 @@ async fn concurrent_wrong_guesses_across_replicas_never_exceed_max_attempts() {
     replicas[0]
         .post_ok("/sms", json!({"phone": PHONE, "password": "777777"}))
         .await;
-    let mut guesses = JoinSet::new();
-    for i in 0..50 {
-        let base = replicas[i % 3].base.clone();
-        let client = replicas[i % 3].client.clone();
-        guesses.spawn(async move {
-            let answer: Value = client
-                .get(format!("{base}/sms/check"))
-                .json(&json!({"phone": PHONE, "password": format!("{:06}", 100_000 + i)}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            answer["status_code"].as_str().unwrap_or("ok").to_owned()
-        });
-    }
-    let answers = guesses.join_all().await;
+    let answers = all_at_once(
+        &replicas,
+        50,
+        reqwest::Method::GET,
+        "/sms/check",
+        |i| json!({"phone": PHONE, "password": format!("{:06}", 100_000 + i)}),
+    )
+    .await;
     let wrong = answers.iter().filter(|a| *a == "invalid_password").count();
     let exceeded = answers.iter().filter(|a| *a == "attempts_exceeded").count();
     assert_eq!((wrong, exceeded), (5, 45), "{answers:?}");
