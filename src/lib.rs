@@ -18,11 +18,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::bot::api::BotApi;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, StoreUrl, UpdatesMode, secret_value};
 use crate::delivery::{
-    ConsoleOut, DeliverySettings, Wakeups, Worker, build_chains, count_ended_by_store,
+    BotApi, ConsoleOut, DeliverySettings, Wakeups, Worker, build_chains, count_ended_by_store,
 };
 use crate::domain::link::{LinkSettings, TelegramLink};
 use crate::domain::secret::Secret;
@@ -127,7 +126,7 @@ impl App {
         };
         // Needed before binding, so that a missing token stops the start.
         let poller = match webhook.mode {
-            UpdatesMode::Polling => Some(BotApi::from_settings(
+            UpdatesMode::Polling => Some(BotApi::standalone(
                 &config.delivery,
                 "when TELEGRAM_UPDATES=polling",
             )?),

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::api::BotApi;
 use crate::config::{Config, TelegramCommand};
+use crate::delivery::BotApi;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What to print on success, or the one line explaining the failure.
 pub async fn run(command: &TelegramCommand, config: &Config) -> Result<String, String> {
-    let api = BotApi::from_settings(&config.delivery, "for the telegram commands")
+    let api = BotApi::standalone(&config.delivery, "for the telegram commands")
         .map_err(|e| e.to_string())?;
     match command {
         TelegramCommand::SetWebhook {

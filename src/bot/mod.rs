@@ -2,7 +2,6 @@
 //! application trades for the chat id at `/target`. Updates arrive by webhook
 //! (`http::telegram`) or long polling (`polling`); both end in `handle`.
 
-pub mod api;
 pub mod cli;
 pub mod polling;
 

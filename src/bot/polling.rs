@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use super::api::{BotApi, BotApiError};
+use crate::delivery::{BotApi, BotApiError};
 use crate::domain::link::TelegramLink;
 use crate::store::StoreError;
 

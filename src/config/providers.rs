@@ -403,38 +403,50 @@ pub struct WebhookTarget {
 
 impl WebhookSettings {
     pub fn target(&self, channel: Channel) -> Result<WebhookTarget, ConfigError> {
-        let (url, headers, file, url_var, headers_var, file_var) = match channel {
+        // The variables of each channel's webhook, indexed as `Channel::ALL`.
+        const VARIABLES: [[&str; 3]; 4] = [
+            [
+                "OTP_SMS_WEBHOOK_URL",
+                "OTP_SMS_WEBHOOK_HEADERS",
+                "OTP_SMS_WEBHOOK_HEADERS_FILE",
+            ],
+            [
+                "OTP_CALL_WEBHOOK_URL",
+                "OTP_CALL_WEBHOOK_HEADERS",
+                "OTP_CALL_WEBHOOK_HEADERS_FILE",
+            ],
+            [
+                "OTP_EMAIL_WEBHOOK_URL",
+                "OTP_EMAIL_WEBHOOK_HEADERS",
+                "OTP_EMAIL_WEBHOOK_HEADERS_FILE",
+            ],
+            [
+                "OTP_TELEGRAM_WEBHOOK_URL",
+                "OTP_TELEGRAM_WEBHOOK_HEADERS",
+                "OTP_TELEGRAM_WEBHOOK_HEADERS_FILE",
+            ],
+        ];
+        let [url_var, headers_var, file_var] = VARIABLES[channel as usize];
+        let (url, headers, file) = match channel {
             Channel::Sms => (
                 &self.sms_webhook_url,
                 &self.sms_webhook_headers,
                 &self.sms_webhook_headers_file,
-                "OTP_SMS_WEBHOOK_URL",
-                "OTP_SMS_WEBHOOK_HEADERS",
-                "OTP_SMS_WEBHOOK_HEADERS_FILE",
             ),
             Channel::Call => (
                 &self.call_webhook_url,
                 &self.call_webhook_headers,
                 &self.call_webhook_headers_file,
-                "OTP_CALL_WEBHOOK_URL",
-                "OTP_CALL_WEBHOOK_HEADERS",
-                "OTP_CALL_WEBHOOK_HEADERS_FILE",
             ),
             Channel::Email => (
                 &self.email_webhook_url,
                 &self.email_webhook_headers,
                 &self.email_webhook_headers_file,
-                "OTP_EMAIL_WEBHOOK_URL",
-                "OTP_EMAIL_WEBHOOK_HEADERS",
-                "OTP_EMAIL_WEBHOOK_HEADERS_FILE",
             ),
             Channel::Telegram => (
                 &self.telegram_webhook_url,
                 &self.telegram_webhook_headers,
                 &self.telegram_webhook_headers_file,
-                "OTP_TELEGRAM_WEBHOOK_URL",
-                "OTP_TELEGRAM_WEBHOOK_HEADERS",
-                "OTP_TELEGRAM_WEBHOOK_HEADERS_FILE",
             ),
         };
         let url = HttpUrl::endpoint(required(url, url_var, "webhook")?, url_var)?;

@@ -22,7 +22,7 @@ pub use chains::build as build_chains;
 pub use console::{ConsoleOut, ConsoleProvider};
 pub use perfumer::PerfumerProvider;
 pub use smtp::SmtpProvider;
-pub use telegram::TelegramProvider;
+pub use telegram::{BotApi, BotApiError, TelegramProvider};
 pub use twilio::TwilioProvider;
 pub use webhook::WebhookProvider;
 pub use worker::{DeliverySettings, Wakeups, Worker, count_ended_by_store};

@@ -147,52 +147,23 @@ impl Worker {
     async fn deliver(&self, job: DeliveryJob) {
         let report = self.attempt(&job).await;
         let now = self.clock.now();
+        let ended = Ended::of(&job, &report, now);
         // Counted once recorded: an unrecorded attempt is made again, and counted then.
         match self
             .store
-            .finish_attempt(job.channel, job.id, report.clone(), now)
+            .finish_attempt(job.channel, job.id, report, now)
             .await
         {
-            Ok(()) => self.count_end(&job, &report, now),
+            Ok(()) => {
+                if let Some(ended) = ended {
+                    ended.count(&self.metrics, job.channel);
+                }
+            }
             // The lease runs out and the job is taken again: delivered at least once.
             Err(e) => {
                 tracing::warn!(delivery = %job.id, error = %e, "cannot record a delivery attempt")
             }
         }
-    }
-
-    /// Jobs that ended, by provider and state, and how long a sent code took to go out.
-    fn count_end(&self, job: &DeliveryJob, report: &AttemptReport, now: Timestamp) {
-        let channel = job.channel.as_str();
-        let (state, provider) = match &report.result {
-            AttemptResult::Retry { .. } => return,
-            AttemptResult::Sent { provider, .. } => {
-                let took =
-                    Duration::from_millis((now.millis() - job.created_at.millis()).max(0) as u64);
-                self.metrics.observe(
-                    "otpd_delivery_latency_seconds",
-                    &[("channel", channel)],
-                    took,
-                );
-                ("sent", provider.as_str())
-            }
-            AttemptResult::Failed { .. } => (
-                "failed",
-                report.tries.last().map_or("none", |t| t.provider.as_str()),
-            ),
-            AttemptResult::Expired { .. } => (
-                "expired",
-                report.tries.last().map_or("none", |t| t.provider.as_str()),
-            ),
-        };
-        self.metrics.count(
-            "otpd_deliveries_total",
-            &[
-                ("channel", channel),
-                ("provider", provider),
-                ("state", state),
-            ],
-        );
     }
 
     async fn attempt(&self, job: &DeliveryJob) -> AttemptReport {
@@ -264,6 +235,54 @@ impl Worker {
             },
         };
         report(result, tries)
+    }
+}
+
+/// How an attempt ended a job, for the metrics: the final state, the provider it ended
+/// with, and (when sent) how long the code took to go out.
+struct Ended {
+    state: &'static str,
+    provider: String,
+    latency: Option<Duration>,
+}
+
+impl Ended {
+    /// `None` for a retry: the job has not ended.
+    fn of(job: &DeliveryJob, report: &AttemptReport, now: Timestamp) -> Option<Ended> {
+        let last_provider = || report.tries.last().map_or("none", |t| t.provider.as_str());
+        let (state, provider, latency) = match &report.result {
+            AttemptResult::Retry { .. } => return None,
+            AttemptResult::Sent { provider, .. } => {
+                let took = (now.millis() - job.created_at.millis()).max(0) as u64;
+                ("sent", provider.as_str(), Some(Duration::from_millis(took)))
+            }
+            AttemptResult::Failed { .. } => ("failed", last_provider(), None),
+            AttemptResult::Expired { .. } => ("expired", last_provider(), None),
+        };
+        Some(Ended {
+            state,
+            provider: provider.to_owned(),
+            latency,
+        })
+    }
+
+    fn count(&self, metrics: &Metrics, channel: Channel) {
+        let channel = channel.as_str();
+        if let Some(took) = self.latency {
+            metrics.observe(
+                "otpd_delivery_latency_seconds",
+                &[("channel", channel)],
+                took,
+            );
+        }
+        metrics.count(
+            "otpd_deliveries_total",
+            &[
+                ("channel", channel),
+                ("provider", &self.provider),
+                ("state", self.state),
+            ],
+        );
     }
 }
 

@@ -281,21 +281,22 @@ pub fn spec() -> &'static Value {
 /// The route pattern `path` falls under (`/deliveries/{id}` for `/deliveries/abc`), for
 /// logs and metrics, which must never carry the path itself.
 pub fn route_of(path: &str) -> Option<&'static str> {
-    static PATTERNS: OnceLock<Vec<&'static str>> = OnceLock::new();
-    let patterns = PATTERNS.get_or_init(|| {
-        routes()
-            .paths()
-            .into_iter()
-            .map(|p| &*Box::leak(p.into_boxed_str()))
-            .collect()
-    });
-    let segments: Vec<&str> = path.split('/').collect();
-    patterns.iter().copied().find(|pattern| {
-        let parts: Vec<&str> = pattern.split('/').collect();
-        parts.len() == segments.len()
-            && parts
-                .iter()
-                .zip(&segments)
-                .all(|(p, s)| p == s || (p.starts_with('{') && !s.is_empty()))
-    })
+    static PATTERNS: OnceLock<Vec<String>> = OnceLock::new();
+    let patterns = PATTERNS.get_or_init(|| routes().paths());
+    // Runs on every request: compared segment by segment, without allocating.
+    let matches = |pattern: &str| {
+        let mut parts = pattern.split('/');
+        let mut segments = path.split('/');
+        loop {
+            match (parts.next(), segments.next()) {
+                (None, None) => return true,
+                (Some(p), Some(s)) if p == s || (p.starts_with('{') && !s.is_empty()) => {}
+                _ => return false,
+            }
+        }
+    };
+    patterns
+        .iter()
+        .find(|pattern| matches(pattern))
+        .map(String::as_str)
 }
