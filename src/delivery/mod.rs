@@ -32,14 +32,18 @@ use crate::domain::Channel;
 use crate::domain::code::Password;
 use crate::domain::message::MessageContent;
 
-/// 128 random bits, hex: unguessable, since `GET /deliveries/{id}` shows the job.
+/// 48 bits of creation time in milliseconds, then 80 random bits, hex. The random part
+/// keeps it unguessable (`GET /deliveries/{id}` shows the job); the time in front makes
+/// new ids sort last, so the outbox's key index grows at its end instead of rewriting a
+/// random page for every create (profiled: that was a page written per create).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DeliveryId([u8; 16]);
 
 impl DeliveryId {
-    pub fn random() -> Self {
+    pub fn new(now: Timestamp) -> Self {
         let mut bytes = [0u8; 16];
-        rand::thread_rng().fill_bytes(&mut bytes);
+        bytes[..6].copy_from_slice(&now.millis().to_be_bytes()[2..]);
+        rand::thread_rng().fill_bytes(&mut bytes[6..]);
         DeliveryId(bytes)
     }
 }
@@ -222,5 +226,20 @@ impl ProviderChains {
 
     pub fn get(&self, channel: Channel) -> &[Arc<dyn Provider>] {
         &self.chains[channel as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_ids_sort_by_creation_time_and_stay_unique_within_a_millisecond() {
+        let t = Timestamp::from_millis(1_790_000_000_000);
+        let (a, b) = (DeliveryId::new(t), DeliveryId::new(t));
+        assert_ne!(a, b);
+        let later = DeliveryId::new(Timestamp::from_millis(t.millis() + 1));
+        assert!(later.to_string() > a.to_string() && later.to_string() > b.to_string());
+        assert_eq!(a.to_string().parse::<DeliveryId>(), Ok(a));
     }
 }

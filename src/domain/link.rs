@@ -93,7 +93,7 @@ impl TelegramLink {
                 now,
                 expires_at: now.plus(self.settings.lifetime),
                 max_active: 1,
-                delivery_id: DeliveryId::random(),
+                delivery_id: DeliveryId::new(now),
                 content: link_message(&self.settings.template, &password, self.settings.lifetime),
                 code: password,
             };

@@ -104,7 +104,7 @@ impl OtpService {
             now,
             expires_at: now.plus(lifetime),
             max_active: self.settings.max_active,
-            delivery_id: DeliveryId::random(),
+            delivery_id: DeliveryId::new(now),
             content,
             code: password,
         };

@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode};
 
-use self::writer::Writer;
+use self::writer::{Durability, Writer};
 use super::{
     CodeCheck, CreateOutcome, DeliveryStatus, EndedJobs, LinkCodeOutcome, LinkLookup,
     LinkLookupOutcome, NewCode, NewLinkCode, OutboxStats, Store, StoreError,
@@ -83,21 +84,56 @@ impl SqliteStore {
             source,
         };
         let conn = Connection::open(path).map_err(sqlite_err)?;
-        // FULL: a commit is on disk before it is acknowledged, even after a power cut.
         // A short busy timeout: otpd is the only writer (see the lock file), so a lock
         // held elsewhere is an operator's session, and callers should get a prompt 503
         // rather than hang. secure_delete zeroes erased messages (they held codes).
+        // temp_store: each operation runs in a savepoint, whose journal keeps the pages it
+        // changes; in a temporary file that was ~40 KB written per create (profiled, see
+        // BENCHMARKS.md), and it would put pages holding messages on disk a second time.
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
-             PRAGMA busy_timeout = 1000;
-             PRAGMA secure_delete = ON;",
+            "PRAGMA busy_timeout = 1000;
+             PRAGMA secure_delete = ON;
+             PRAGMA temp_store = MEMORY;",
         )
         .map_err(sqlite_err)?;
+        let journal: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(sqlite_err)?;
+        // Acknowledged means on disk, even after a power cut. In WAL mode the writer
+        // commits without waiting for the disk and a second thread syncs the log before
+        // anyone is answered (see writer.rs), so one batch runs while the last one syncs.
+        // Where WAL is refused (some network file systems), SQLite syncs every commit.
+        let durability = if journal.eq_ignore_ascii_case("wal") {
+            conn.execute_batch("PRAGMA synchronous = NORMAL")
+                .map_err(sqlite_err)?;
+            let wal_path = format!("{display}-wal");
+            let wal = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&wal_path)
+                .map_err(|source| OpenError::Io {
+                    path: wal_path,
+                    source,
+                })?;
+            Durability::SyncLog(wal)
+        } else {
+            conn.execute_batch("PRAGMA synchronous = FULL")
+                .map_err(sqlite_err)?;
+            Durability::SqliteSyncs
+        };
         migrate(&conn).map_err(sqlite_err)?;
+        // rusqlite keeps 16 prepared statements by default; otpd runs about 40 distinct
+        // ones, so under load they were evicted and parsed again and again.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        // Without the query planner stability guarantee, SQLite prepares a statement again
+        // each time a `LIMIT ?` parameter is bound (so the plan may use its value): that was
+        // a third of the writer's time on creates.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+            .map_err(sqlite_err)?;
         // Jobs a previous process was sending when it died belong to nobody now.
         deliveries::requeue_orphans(&conn).map_err(sqlite_err)?;
-        let writer = Writer::start(conn).map_err(|source| OpenError::Io {
+        let writer = Writer::start(conn, durability).map_err(|source| OpenError::Io {
             path: display,
             source,
         })?;
@@ -107,6 +143,8 @@ impl SqliteStore {
         })
     }
 }
+
+const STATEMENT_CACHE: usize = 128;
 
 /// Creates the schema, and adds what later versions added to a database made before.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
