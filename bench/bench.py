@@ -1,6 +1,7 @@
 """Runs every measurement of the benchmark in one go and reports each figure against
 the baseline server measured in the same run (see BENCHMARKS.md). Called by bench/run."""
 
+import atexit
 import json
 import os
 import re
@@ -32,6 +33,14 @@ CHECK_STRIDE = 400_000
 CHECK_SEEDED = 20_000 if QUICK else CHECK_STRIDE
 
 results = []
+
+
+@atexit.register
+def stop_everything():
+    """A failed run must not leave servers behind to skew the next one."""
+    for proc in Process.running:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def free_port():
@@ -91,11 +100,14 @@ def wrk(name, url, script_args=None, body=None):
 
 
 class Process:
+    running = []
+
     def __init__(self, cmd, env=None, cwd=None):
         self.proc = subprocess.Popen(
             cmd, env={**os.environ, **(env or {})}, cwd=cwd,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+        Process.running.append(self.proc)
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)

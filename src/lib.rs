@@ -158,11 +158,19 @@ impl App {
             max_active: config.max_active_codes,
             max_attempts: config.max_attempts,
         };
+        let abuse = config.abuse.settings()?;
+        if !abuse.test_targets.is_empty() {
+            tracing::warn!(
+                count = abuse.test_targets.len(),
+                "OTP_TEST_TARGETS is set: those targets accept a fixed code with no limit"
+            );
+        }
         let otp = Arc::new(OtpService::new(
             store.clone(),
             deps.clock.clone(),
             secret.clone(),
             settings,
+            abuse,
             wakeups.clone(),
         ));
         let link = Arc::new(

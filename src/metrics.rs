@@ -35,6 +35,13 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "Requests refused by a limit, by channel and kind (ip, target, failed_lookup).",
     ),
     (
+        "otpd_abuse_refusals_total",
+        "counter",
+        "Sends refused to protect the budget or an account, by channel and reason \
+         (invalid_number, premium_rate, shared_cost, country_denied, country_not_allowed, \
+         cooldown, daily_cap, daily_cap_country, failure_budget, ...).",
+    ),
+    (
         "otpd_deliveries_total",
         "counter",
         "Delivery jobs ended, by channel, provider and final state.",

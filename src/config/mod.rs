@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod abuse;
 mod providers;
 mod telegram;
 
+pub use abuse::AbuseConfig;
 pub use providers::{HttpUrl, ProviderSettings, WebhookTarget, required, secret_value};
 pub use telegram::{BotSettings, UpdatesMode};
 
@@ -196,6 +198,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub bot: BotSettings,
+
+    #[command(flatten)]
+    pub abuse: AbuseConfig,
 
     /// PEM certificate chain: with OTP_TLS_KEY, otpd serves HTTPS itself.
     #[arg(long, env = "OTP_TLS_CERT", value_name = "OTP_TLS_CERT")]

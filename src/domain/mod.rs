@@ -1,14 +1,17 @@
 //! What otpd decides: valid targets and codes, limits, and the create/check use cases.
 //! Nothing here knows about HTTP or about how state is stored.
 
+pub mod abuse;
 pub mod channel;
 pub mod code;
 pub mod limits;
 pub mod link;
 pub mod message;
+pub mod phone_policy;
 pub mod secret;
 pub mod service;
 pub mod target;
+pub mod test_targets;
 pub mod verification;
 
 pub use channel::Channel;

@@ -6,15 +6,20 @@ use std::time::Duration;
 
 use crate::delivery::Wakeups;
 
+use super::abuse::{AbuseSettings, SendQuota};
 use super::code::{Lifetime, Password};
 use super::limits::{LimitHit, LimitKind, LimitRules, LimitRulesUpdate};
 use super::message::Templates;
+use super::phone_policy::{Country, PhoneRefusal};
 use super::secret::Secret;
+use super::test_targets::TestTargets;
 use super::verification::CheckOutcome;
 use super::{Channel, InvalidField, Target};
 use crate::clock::{Clock, Timestamp};
 use crate::delivery::DeliveryId;
-use crate::store::{CodeCheck, CreateOutcome, NewCode, SharedStore, StoreError};
+use crate::store::{
+    CodeCheck, CreateOutcome, NewCode, Quota, QuotaOutcome, SharedStore, StoreError,
+};
 
 #[derive(Debug, Clone)]
 pub struct CodeSettings {
@@ -53,8 +58,35 @@ pub enum OtpError {
         kind: LimitKind,
         hit: LimitHit,
     },
+    #[error("the phone is refused")]
+    PhoneRefused {
+        channel: Channel,
+        refusal: PhoneRefusal,
+    },
+    #[error("a send quota is used up")]
+    QuotaUsedUp {
+        channel: Channel,
+        quota: SendQuota,
+        /// The cooldown's length, for the message.
+        cooldown: Duration,
+        retry_after_secs: u64,
+    },
+    #[error("too many wrong passwords for this target")]
+    FailureBudgetSpent {
+        channel: Channel,
+        budget: u64,
+        window: Duration,
+        retry_after_secs: u64,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Whole seconds from `now` until `at`, at least one (a `Retry-After` of 0 invites a
+/// retry that is refused again).
+fn secs_until(now: Timestamp, at: Timestamp) -> u64 {
+    let millis = (at.millis() - now.millis()).max(0) as u64;
+    millis.div_ceil(1000).max(1)
 }
 
 pub struct OtpService {
@@ -62,6 +94,7 @@ pub struct OtpService {
     clock: Arc<dyn Clock>,
     secret: Arc<Secret>,
     settings: CodeSettings,
+    abuse: AbuseSettings,
     delivery_wakeup: Arc<Wakeups>,
 }
 
@@ -71,6 +104,7 @@ impl OtpService {
         clock: Arc<dyn Clock>,
         secret: Arc<Secret>,
         settings: CodeSettings,
+        abuse: AbuseSettings,
         delivery_wakeup: Arc<Wakeups>,
     ) -> Self {
         OtpService {
@@ -78,6 +112,7 @@ impl OtpService {
             clock,
             secret,
             settings,
+            abuse,
             delivery_wakeup,
         }
     }
@@ -96,6 +131,37 @@ impl OtpService {
         let content = req.templates.render(req.channel, &password, generated)?;
         let target = req.target.key();
         let now = self.clock.now();
+        if self
+            .abuse
+            .test_targets
+            .code_of(req.channel, &target)
+            .is_some()
+        {
+            // Nothing is stored or sent: checks compare with the fixed code.
+            return Ok(Created {
+                delivery_id: DeliveryId::new(now),
+                expires_at: now.plus(lifetime),
+            });
+        }
+        let country = self.admit_phone(req.channel, &req.target)?;
+        self.refuse_if_budget_spent(req.channel, &target, now)
+            .await?;
+        let quotas = self.abuse.send_quotas(req.channel, &target, country, now);
+        let counted: Vec<Quota> = quotas.iter().map(|(_, q)| q.clone()).collect();
+        if !counted.is_empty()
+            && let QuotaOutcome::Exhausted { index, resets_at } =
+                self.store.take_quotas(req.channel, &counted, now).await?
+        {
+            let (quota, _) = quotas.get(index).ok_or_else(|| {
+                StoreError::Internal(format!("the store named quota {index} of {}", quotas.len()))
+            })?;
+            return Err(OtpError::QuotaUsedUp {
+                channel: req.channel,
+                quota: *quota,
+                cooldown: self.abuse.resend_cooldown,
+                retry_after_secs: secs_until(now, resets_at),
+            });
+        }
         let code = NewCode {
             channel: req.channel,
             hash: self.secret.code_hash(req.channel, &target, &password),
@@ -108,21 +174,65 @@ impl OtpService {
             content,
             code: password,
         };
+        let outcome = self.store_code(code).await;
+        if outcome.is_err() && !counted.is_empty() {
+            // A refused send does not count against the caps.
+            if let Err(e) = self.store.return_quotas(req.channel, &counted, now).await {
+                tracing::warn!(error = %e, "could not give back the quotas of a refused send");
+            }
+        }
+        outcome
+    }
+
+    async fn store_code(&self, code: NewCode) -> Result<Created, OtpError> {
+        let channel = code.channel;
         let (delivery_id, expires_at) = (code.delivery_id, code.expires_at);
         match self.store.create_code(code).await? {
             CreateOutcome::Created => {
-                self.delivery_wakeup.notify(req.channel);
+                self.delivery_wakeup.notify(channel);
                 Ok(Created {
                     delivery_id,
                     expires_at,
                 })
             }
             CreateOutcome::IpRequired => Err(OtpError::IpRequired),
-            CreateOutcome::Limited(kind, hit) => Err(OtpError::Limited {
-                channel: req.channel,
-                kind,
-                hit,
-            }),
+            CreateOutcome::Limited(kind, hit) => Err(OtpError::Limited { channel, kind, hit }),
+        }
+    }
+
+    /// The phone's country when the channel may send to it; other targets have none.
+    fn admit_phone(&self, channel: Channel, target: &Target) -> Result<Option<Country>, OtpError> {
+        match target {
+            Target::Phone(phone) => self
+                .abuse
+                .phone_policy
+                .admit(channel, phone)
+                .map(Some)
+                .map_err(|refusal| OtpError::PhoneRefused { channel, refusal }),
+            _ => Ok(None),
+        }
+    }
+
+    async fn refuse_if_budget_spent(
+        &self,
+        channel: Channel,
+        target: &str,
+        now: Timestamp,
+    ) -> Result<(), OtpError> {
+        let Some(key) = self.abuse.failure_counter(target) else {
+            return Ok(());
+        };
+        let failures = self.store.counter(channel, &key, now).await?;
+        match failures.resets_at {
+            Some(resets_at) if failures.count >= self.abuse.max_failures_per_target => {
+                Err(OtpError::FailureBudgetSpent {
+                    channel,
+                    budget: self.abuse.max_failures_per_target,
+                    window: self.abuse.failure_window,
+                    retry_after_secs: secs_until(now, resets_at),
+                })
+            }
+            _ => Ok(()),
         }
     }
 
@@ -133,14 +243,44 @@ impl OtpService {
         password: &Password,
     ) -> Result<CheckOutcome, OtpError> {
         let target = target.key();
+        if let Some(code) = self.abuse.test_targets.code_of(channel, &target) {
+            return Ok(if TestTargets::matches(code, password) {
+                CheckOutcome::Verified
+            } else {
+                CheckOutcome::InvalidPassword
+            });
+        }
+        let now = self.clock.now();
+        let failures = match self.abuse.failure_counter(&target) {
+            Some(key) => {
+                let counter = self.store.counter(channel, &key, now).await?;
+                if counter.count >= self.abuse.max_failures_per_target {
+                    return Ok(CheckOutcome::AttemptsExceeded);
+                }
+                Some((key, counter.count))
+            }
+            None => None,
+        };
         let check = CodeCheck {
             channel,
             hash: self.secret.code_hash(channel, &target, password),
             target,
-            now: self.clock.now(),
+            now,
             max_attempts: self.settings.max_attempts,
         };
-        Ok(self.store.check_code(check).await?)
+        let outcome = self.store.check_code(check).await?;
+        match (outcome, failures) {
+            (CheckOutcome::InvalidPassword, Some((key, _))) => {
+                let quota = self.abuse.failure_quota(key, now);
+                self.store.take_quotas(channel, &[quota], now).await?;
+            }
+            // The budget is of consecutive failures (NIST SP 800-63B): a success ends it.
+            (CheckOutcome::Verified, Some((key, count))) if count > 0 => {
+                self.store.reset_counter(channel, &key).await?;
+            }
+            _ => {}
+        }
+        Ok(outcome)
     }
 
     pub async fn limit_rules(&self, channel: Channel) -> Result<LimitRules, OtpError> {

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::domain::InvalidField;
+use crate::domain::abuse::SendQuota;
 use crate::domain::limits::LimitKind;
 use crate::domain::service::OtpError;
 use crate::store::StoreError;
@@ -72,6 +73,11 @@ pub enum ApiError {
         rule: String,
         retry_after_secs: u64,
     },
+    #[error("{message}")]
+    DailyCap {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("authentication required")]
     Unauthorized,
     #[error("{0}")]
@@ -102,6 +108,7 @@ impl ApiError {
             ApiError::InvalidParameter { .. } => (StatusCode::BAD_REQUEST, "invalid_parameter"),
             ApiError::InvalidBody(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
             ApiError::LimitReached { status_code, .. } => (StatusCode::BAD_REQUEST, status_code),
+            ApiError::DailyCap { .. } => (StatusCode::BAD_REQUEST, "daily_cap"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -144,21 +151,67 @@ impl From<OtpError> for ApiError {
                     LimitKind::Ip | LimitKind::FailedLookup => "ip",
                     LimitKind::Target => channel.target_field(),
                 };
-                let status_code = match subject {
-                    "ip" => "ip_limit",
-                    "phone" => "phone_limit",
-                    "email" => "email_limit",
-                    _ => "chat_id_limit",
+                limit_reached(subject, hit.rule.to_string(), hit.retry_after_secs)
+            }
+            OtpError::PhoneRefused { channel, refusal } => {
+                ApiError::invalid("phone", refusal.reason(channel))
+            }
+            OtpError::QuotaUsedUp {
+                channel,
+                quota,
+                cooldown,
+                retry_after_secs,
+            } => {
+                let codes = format!("{} codes", channel.as_str());
+                let message = match quota {
+                    SendQuota::Cooldown => {
+                        return limit_reached(
+                            channel.target_field(),
+                            format!("1 in {} seconds", cooldown.as_secs()),
+                            retry_after_secs,
+                        );
+                    }
+                    SendQuota::DailyCap => format!("the daily cap of {codes} is reached"),
+                    SendQuota::DailyCapForCountry(country) => {
+                        format!("the daily cap of {codes} to {country} is reached")
+                    }
                 };
-                ApiError::LimitReached {
-                    status_code,
-                    subject,
-                    rule: hit.rule.to_string(),
-                    retry_after_secs: hit.retry_after_secs,
+                ApiError::DailyCap {
+                    message,
+                    retry_after_secs,
                 }
             }
+            OtpError::FailureBudgetSpent {
+                channel,
+                budget,
+                window,
+                retry_after_secs,
+            } => limit_reached(
+                channel.target_field(),
+                format!(
+                    "{budget} wrong passwords in {} hours",
+                    window.as_secs().div_ceil(3600)
+                ),
+                retry_after_secs,
+            ),
             OtpError::Store(e) => e.into(),
         }
+    }
+}
+
+/// The refusal of a send limit on `subject` ("ip" or the channel's target field).
+fn limit_reached(subject: &'static str, rule: String, retry_after_secs: u64) -> ApiError {
+    let status_code = match subject {
+        "ip" => "ip_limit",
+        "phone" => "phone_limit",
+        "email" => "email_limit",
+        _ => "chat_id_limit",
+    };
+    ApiError::LimitReached {
+        status_code,
+        subject,
+        rule,
+        retry_after_secs,
     }
 }
 
@@ -175,6 +228,9 @@ impl IntoResponse for ApiError {
         let headers = response.headers_mut();
         match &self {
             ApiError::LimitReached {
+                retry_after_secs, ..
+            }
+            | ApiError::DailyCap {
                 retry_after_secs, ..
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));

@@ -9,9 +9,10 @@ use serde::Serialize;
 use super::AppState;
 use super::error::{self, ApiError};
 use super::params::Params;
+use crate::domain::abuse::SendQuota;
 use crate::domain::code::Password;
 use crate::domain::message::Templates;
-use crate::domain::service::CreateRequest;
+use crate::domain::service::{CreateRequest, OtpError};
 use crate::domain::verification::CheckOutcome;
 use crate::domain::{Channel, Target};
 
@@ -58,7 +59,7 @@ pub async fn create(
     };
     let outcome = match &created {
         Ok(_) => Some("accepted"),
-        Err(ApiError::LimitReached { .. }) => Some("limited"),
+        Err(ApiError::LimitReached { .. } | ApiError::DailyCap { .. }) => Some("limited"),
         Err(ApiError::StoreUnavailable | ApiError::Internal) => None,
         Err(_) => Some("invalid"),
     };
@@ -104,11 +105,33 @@ async fn create_code(
         templates,
         ip: ip(&params)?,
     };
-    let created = app.otp.create(request).await?;
+    let created = app.otp.create(request).await.map_err(|e| {
+        if let Some(reason) = abuse_reason(&e) {
+            app.metrics.count(
+                "otpd_abuse_refusals_total",
+                &[("channel", channel.as_str()), ("reason", reason)],
+            );
+        }
+        ApiError::from(e)
+    })?;
     Ok(error::ok_with(CreatedContent {
         id: created.delivery_id.to_string(),
         expires_at: created.expires_at.to_rfc3339(),
     }))
+}
+
+/// The reason a send was refused to protect the budget or an account, for the metrics.
+fn abuse_reason(e: &OtpError) -> Option<&'static str> {
+    match e {
+        OtpError::PhoneRefused { refusal, .. } => Some(refusal.label()),
+        OtpError::QuotaUsedUp { quota, .. } => Some(match quota {
+            SendQuota::Cooldown => "cooldown",
+            SendQuota::DailyCap => "daily_cap",
+            SendQuota::DailyCapForCountry(_) => "daily_cap_country",
+        }),
+        OtpError::FailureBudgetSpent { .. } => Some("failure_budget"),
+        _ => None,
+    }
 }
 
 pub async fn check(

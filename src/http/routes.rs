@@ -150,6 +150,7 @@ fn limit_code(channel: Channel) -> &'static [&'static str] {
         Channel::Sms | Channel::Call => &[
             "ip_limit",
             "phone_limit",
+            "daily_cap",
             "missing_parameter",
             "invalid_parameter",
             "invalid_body",
@@ -157,6 +158,7 @@ fn limit_code(channel: Channel) -> &'static [&'static str] {
         Channel::Email => &[
             "ip_limit",
             "email_limit",
+            "daily_cap",
             "missing_parameter",
             "invalid_parameter",
             "invalid_body",
@@ -164,6 +166,7 @@ fn limit_code(channel: Channel) -> &'static [&'static str] {
         Channel::Telegram => &[
             "ip_limit",
             "chat_id_limit",
+            "daily_cap",
             "missing_parameter",
             "invalid_parameter",
             "invalid_body",
@@ -244,7 +247,7 @@ pub fn routes() -> Routes {
                     .fields(create_fields(ch))
                     .answers(vec![
                         answer(200, &[], "content: {\"id\": delivery id, \"expires_at\": RFC 3339}"),
-                        answer(400, limit_code(ch), "a limit is reached (Retry-After), ip is missing while IP rules exist, or a field is missing or malformed"),
+                        answer(400, limit_code(ch), "a limit, the resend cooldown or the daily cap is reached (Retry-After), ip is missing while IP rules exist, or a field is missing or malformed (a phone of a refused kind or country too)"),
                     ]),
                 post(move |s: State<AppState>, p: Result<Params, ApiError>| otp::create(s, ch, p)),
             )

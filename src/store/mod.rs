@@ -121,6 +121,32 @@ pub struct OutboxStats {
     pub oldest_created_at: Option<Timestamp>,
 }
 
+/// A counter that refuses once it reaches `limit`. Its first count starts it, and it
+/// starts again from zero at `resets_at` (fixed from that first count): a daily cap, a
+/// resend cooldown (limit 1), a target's budget of wrong guesses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    pub key: String,
+    pub limit: u64,
+    pub resets_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuotaOutcome {
+    /// One was counted against every quota.
+    Taken,
+    /// `quotas[index]` is used up until `resets_at`; nothing was counted.
+    Exhausted { index: usize, resets_at: Timestamp },
+}
+
+/// A counter's value now: zero, with no reset time, when it was never started or has
+/// reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counter {
+    pub count: u64,
+    pub resets_at: Option<Timestamp>,
+}
+
 /// What `GET /deliveries/{id}` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeliveryStatus {
@@ -206,6 +232,32 @@ pub trait Store: Send + Sync {
     async fn take_link_code(&self, lookup: LinkLookup) -> Result<LinkLookupOutcome, StoreError>;
 
     async fn delivery(&self, id: DeliveryId) -> Result<Option<DeliveryStatus>, StoreError>;
+
+    /// Counts one against every quota of `channel`, or against none when any of them is
+    /// used up, in one step.
+    async fn take_quotas(
+        &self,
+        channel: Channel,
+        quotas: &[Quota],
+        now: Timestamp,
+    ) -> Result<QuotaOutcome, StoreError>;
+
+    /// Gives back one of each quota `take_quotas` counted, for a send refused after it.
+    async fn return_quotas(
+        &self,
+        channel: Channel,
+        quotas: &[Quota],
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    async fn counter(
+        &self,
+        channel: Channel,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Counter, StoreError>;
+
+    async fn reset_counter(&self, channel: Channel, key: &str) -> Result<(), StoreError>;
 
     /// Removes expired codes, stale guess counts and sends, and old finished jobs.
     async fn purge_expired(&self, now: Timestamp) -> Result<(u64, EndedJobs), StoreError>;

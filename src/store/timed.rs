@@ -7,8 +7,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    CodeCheck, CreateOutcome, DeliveryStatus, EndedJobs, LinkCodeOutcome, LinkLookup,
-    LinkLookupOutcome, NewCode, NewLinkCode, OutboxStats, SharedStore, Store, StoreError,
+    CodeCheck, Counter, CreateOutcome, DeliveryStatus, EndedJobs, LinkCodeOutcome, LinkLookup,
+    LinkLookupOutcome, NewCode, NewLinkCode, OutboxStats, Quota, QuotaOutcome, SharedStore, Store,
+    StoreError,
 };
 use crate::clock::Timestamp;
 use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob};
@@ -108,6 +109,44 @@ impl Store for TimedStore {
 
     async fn delivery(&self, id: DeliveryId) -> Result<Option<DeliveryStatus>, StoreError> {
         self.timed("delivery", self.inner.delivery(id)).await
+    }
+
+    async fn take_quotas(
+        &self,
+        channel: Channel,
+        quotas: &[Quota],
+        now: Timestamp,
+    ) -> Result<QuotaOutcome, StoreError> {
+        self.timed("take_quotas", self.inner.take_quotas(channel, quotas, now))
+            .await
+    }
+
+    async fn return_quotas(
+        &self,
+        channel: Channel,
+        quotas: &[Quota],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.timed(
+            "return_quotas",
+            self.inner.return_quotas(channel, quotas, now),
+        )
+        .await
+    }
+
+    async fn counter(
+        &self,
+        channel: Channel,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Counter, StoreError> {
+        self.timed("counter", self.inner.counter(channel, key, now))
+            .await
+    }
+
+    async fn reset_counter(&self, channel: Channel, key: &str) -> Result<(), StoreError> {
+        self.timed("reset_counter", self.inner.reset_counter(channel, key))
+            .await
     }
 
     async fn purge_expired(&self, now: Timestamp) -> Result<(u64, EndedJobs), StoreError> {

@@ -1,5 +1,6 @@
 //! One integration binary: each test starts a real otpd on a loopback port and talks HTTP.
 
+mod abuse;
 mod auth;
 mod bad_input;
 mod bot;

@@ -8,7 +8,7 @@ use crate::support::TestApp;
 
 const PHONE: &str = "77011234567";
 
-async fn metrics_of(t: &TestApp) -> String {
+pub async fn metrics_of(t: &TestApp) -> String {
     let res = t
         .client
         .get(format!("{}/metrics", t.base))
@@ -25,7 +25,7 @@ async fn metrics_of(t: &TestApp) -> String {
     res.text().await.unwrap()
 }
 
-fn has(metrics: &str, line: &str) {
+pub fn has(metrics: &str, line: &str) {
     assert!(
         metrics.lines().any(|l| l == line),
         "missing {line:?} in:\n{metrics}"

@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::task::JoinSet;
 
 use crate::durability::{Otpd, call, start};
 use crate::fakes::http::FakeHttp;
 use crate::redis_server::{self, RedisServer};
-use crate::support::{REDIS_SECRET, TestApp, TestStore};
+use crate::support::{REDIS_SECRET, TestApp, TestStore, all_at_once};
 
 const PHONE: &str = "77011234567";
 
@@ -25,33 +24,6 @@ async fn three_replicas(args: &[&str]) -> Option<[TestApp; 3]> {
     let b = a.replica().await;
     let c = a.replica().await;
     Some([a, b, c])
-}
-
-/// Sends `count` requests at once, spread over the replicas; each answers its
-/// `status_code` (or `success` when it is a yes).
-async fn all_at_once(
-    replicas: &[TestApp],
-    count: usize,
-    method: reqwest::Method,
-    path: &str,
-    body: impl Fn(usize) -> Value,
-) -> Vec<String> {
-    let mut requests = JoinSet::new();
-    for i in 0..count {
-        let replica = &replicas[i % replicas.len()];
-        let request = replica
-            .client
-            .request(method.clone(), format!("{}{path}", replica.base))
-            .json(&body(i));
-        requests.spawn(async move {
-            let answer: Value = request.send().await.unwrap().json().await.unwrap();
-            answer["status_code"]
-                .as_str()
-                .unwrap_or("success")
-                .to_owned()
-        });
-    }
-    requests.join_all().await
 }
 
 #[tokio::test]

@@ -536,6 +536,40 @@ impl TestApp {
     }
 }
 
+/// Sends `count` requests concurrently (at most 200 in flight, each on a connection of
+/// its own while in flight), spread over the replicas; each answers its `status_code`
+/// (or `success` when it is a yes), in the order they were made.
+pub async fn all_at_once(
+    replicas: &[TestApp],
+    count: usize,
+    method: reqwest::Method,
+    path: &str,
+    body: impl Fn(usize) -> Value,
+) -> Vec<String> {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(200));
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let replica = &replicas[i % replicas.len()];
+        let request = replica
+            .client
+            .request(method.clone(), format!("{}{path}", replica.base))
+            .json(&body(i));
+        let in_flight = in_flight.clone();
+        requests.spawn(async move {
+            let _slot = in_flight.acquire_owned().await.unwrap();
+            let answer: Value = request.send().await.unwrap().json().await.unwrap();
+            let outcome = answer["status_code"]
+                .as_str()
+                .unwrap_or("success")
+                .to_owned();
+            (i, outcome)
+        });
+    }
+    let mut answers = requests.join_all().await;
+    answers.sort();
+    answers.into_iter().map(|(_, outcome)| outcome).collect()
+}
+
 /// The command line of a test server: a free loopback port, the store, then `args`.
 fn argv(store: &TestStore, dir: &std::path::Path, args: &[String]) -> Vec<String> {
     let mut argv = vec!["otpd".to_string(), "--listen".into(), "127.0.0.1:0".into()];

@@ -15,8 +15,8 @@ use redis::{FromRedisValue, Script, Value};
 use self::conn::Conn;
 use super::outbox::{AttemptEnd, Payload, StoredTry};
 use super::{
-    CodeCheck, CreateOutcome, DeliveryStatus, EndedJobs, LinkCodeOutcome, LinkLookup,
-    LinkLookupOutcome, NewCode, NewLinkCode, OutboxStats, Store, StoreError,
+    CodeCheck, Counter, CreateOutcome, DeliveryStatus, EndedJobs, LinkCodeOutcome, LinkLookup,
+    LinkLookupOutcome, NewCode, NewLinkCode, OutboxStats, Quota, QuotaOutcome, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob, DeliveryState};
@@ -44,6 +44,8 @@ struct Scripts {
     expire: Script,
     link_create: Script,
     link_take: Script,
+    quota_take: Script,
+    quota_return: Script,
 }
 
 pub struct RedisStore {
@@ -78,6 +80,8 @@ impl RedisStore {
                 expire: script!("expire.lua"),
                 link_create: script!("link_create.lua"),
                 link_take: script!("link_take.lua"),
+                quota_take: script!("quota_take.lua"),
+                quota_return: script!("quota_return.lua"),
             },
             prefix: prefix.to_owned(),
             consumer: format!("otpd-{:016x}", rand::thread_rng().r#gen::<u64>()),
@@ -97,6 +101,10 @@ impl RedisStore {
 
     fn key(&self, channel: Channel, rest: &str) -> String {
         format!("{}:{rest}", self.tag(channel))
+    }
+
+    fn quota_key(&self, channel: Channel, key: &str) -> String {
+        format!("{}:quota:{key}", self.tag(channel))
     }
 }
 
@@ -417,6 +425,84 @@ impl Store for RedisStore {
             return status_of(id, channel, &fields, &history).map(Some);
         }
         Ok(None)
+    }
+
+    async fn take_quotas(
+        &self,
+        channel: Channel,
+        quotas: &[Quota],
+        now: Timestamp,
+    ) -> Result<QuotaOutcome, StoreError> {
+        if quotas.is_empty() {
+            return Ok(QuotaOutcome::Taken);
+        }
+        let mut call = self.scripts.quota_take.prepare_invoke();
+        call.arg(now.millis());
+        for quota in quotas {
+            call.key(self.quota_key(channel, &quota.key))
+                .arg(quota.limit)
+                .arg(quota.resets_at.millis());
+        }
+        let answer: Vec<Value> = self.conn.invoke(&mut call).await?;
+        let number = |i: usize| {
+            answer
+                .get(i)
+                .and_then(|v| i64::from_redis_value(v).ok())
+                .ok_or_else(|| StoreError::Internal("a malformed answer from Redis".into()))
+        };
+        match text(&answer, 0)?.as_str() {
+            "taken" => Ok(QuotaOutcome::Taken),
+            "exhausted" => Ok(QuotaOutcome::Exhausted {
+                index: number(1)? as usize,
+                resets_at: Timestamp::from_millis(number(2)?),
+            }),
+            other => Err(StoreError::Internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    async fn return_quotas(
+        &self,
+        channel: Channel,
+        quotas: &[Quota],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        if quotas.is_empty() {
+            return Ok(());
+        }
+        let mut call = self.scripts.quota_return.prepare_invoke();
+        call.arg(now.millis());
+        for quota in quotas {
+            call.key(self.quota_key(channel, &quota.key));
+        }
+        let _: i64 = self.conn.invoke(&mut call).await?;
+        Ok(())
+    }
+
+    async fn counter(
+        &self,
+        channel: Channel,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Counter, StoreError> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.quota_key(channel, key))
+            .arg("count")
+            .arg("resets_at");
+        let (count, resets_at): (Option<i64>, Option<i64>) = self.conn.query(&cmd).await?;
+        Ok(match (count, resets_at) {
+            (Some(count), Some(resets_at)) if resets_at > now.millis() => Counter {
+                count: count.max(0) as u64,
+                resets_at: Some(Timestamp::from_millis(resets_at)),
+            },
+            _ => Counter::default(),
+        })
+    }
+
+    async fn reset_counter(&self, channel: Channel, key: &str) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(self.quota_key(channel, key));
+        let _: i64 = self.conn.query(&cmd).await?;
+        Ok(())
     }
 
     async fn purge_expired(&self, now: Timestamp) -> Result<(u64, EndedJobs), StoreError> {

@@ -5,6 +5,7 @@ mod codes;
 mod deliveries;
 mod limits;
 mod links;
+mod quotas;
 mod writer;
 
 use std::fs::{self, File};
@@ -17,8 +18,8 @@ use rusqlite::{Connection, ErrorCode};
 
 use self::writer::{Durability, Writer};
 use super::{
-    CodeCheck, CreateOutcome, DeliveryStatus, EndedJobs, LinkCodeOutcome, LinkLookup,
-    LinkLookupOutcome, NewCode, NewLinkCode, OutboxStats, Store, StoreError,
+    CodeCheck, Counter, CreateOutcome, DeliveryStatus, EndedJobs, LinkCodeOutcome, LinkLookup,
+    LinkLookupOutcome, NewCode, NewLinkCode, OutboxStats, Quota, QuotaOutcome, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob};
@@ -280,6 +281,7 @@ impl Store for SqliteStore {
                 let mut purged = codes::purge(conn, now)?;
                 purged += limits::purge_sends(conn, now)?;
                 purged += links::purge(conn, now)?;
+                purged += quotas::purge(conn, now)?;
                 purged += deliveries::purge(
                     conn,
                     now,
@@ -293,6 +295,49 @@ impl Store for SqliteStore {
 
     async fn outbox_stats(&self) -> Result<Vec<OutboxStats>, StoreError> {
         self.writer.call(deliveries::stats).await
+    }
+
+    async fn take_quotas(
+        &self,
+        channel: Channel,
+        quotas: &[Quota],
+        now: Timestamp,
+    ) -> Result<QuotaOutcome, StoreError> {
+        let quotas = quotas.to_vec();
+        self.writer
+            .call(move |conn| quotas::take(conn, channel, &quotas, now))
+            .await
+    }
+
+    async fn return_quotas(
+        &self,
+        channel: Channel,
+        quotas: &[Quota],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let quotas = quotas.to_vec();
+        self.writer
+            .call(move |conn| quotas::give_back(conn, channel, &quotas, now))
+            .await
+    }
+
+    async fn counter(
+        &self,
+        channel: Channel,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Counter, StoreError> {
+        let key = key.to_owned();
+        self.writer
+            .call(move |conn| quotas::counter(conn, channel, &key, now))
+            .await
+    }
+
+    async fn reset_counter(&self, channel: Channel, key: &str) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        self.writer
+            .call(move |conn| quotas::reset(conn, channel, &key))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -81,3 +81,14 @@ CREATE TABLE IF NOT EXISTS telegram_updates (
     update_id  INTEGER PRIMARY KEY,
     handled_at INTEGER NOT NULL
 );
+
+-- Quotas and counters: daily caps, resend cooldowns, wrong-guess budgets. A row counts
+-- from its first use until resets_at; past that it counts as zero.
+CREATE TABLE IF NOT EXISTS quotas (
+    channel   TEXT    NOT NULL,
+    key       TEXT    NOT NULL,
+    count     INTEGER NOT NULL,
+    resets_at INTEGER NOT NULL,
+    PRIMARY KEY (channel, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS quotas_by_reset ON quotas (resets_at);

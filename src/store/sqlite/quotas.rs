@@ -1,0 +1,102 @@
+//! Quotas and counters (daily caps, resend cooldowns, failure budgets).
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::map_err;
+use crate::clock::Timestamp;
+use crate::domain::Channel;
+use crate::store::{Counter, Quota, QuotaOutcome, StoreError};
+
+pub(super) fn counter(
+    conn: &Connection,
+    channel: Channel,
+    key: &str,
+    now: Timestamp,
+) -> Result<Counter, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT count, resets_at FROM quotas
+             WHERE channel = ?1 AND key = ?2 AND resets_at > ?3",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![channel.as_str(), key, now.millis()], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
+            .optional()
+        })
+        .map_err(map_err)?;
+    Ok(match row {
+        Some((count, resets_at)) => Counter {
+            count: count.max(0) as u64,
+            resets_at: Some(Timestamp::from_millis(resets_at)),
+        },
+        None => Counter::default(),
+    })
+}
+
+pub(super) fn take(
+    conn: &Connection,
+    channel: Channel,
+    quotas: &[Quota],
+    now: Timestamp,
+) -> Result<QuotaOutcome, StoreError> {
+    for (index, quota) in quotas.iter().enumerate() {
+        let current = counter(conn, channel, &quota.key, now)?;
+        if current.count >= quota.limit {
+            return Ok(QuotaOutcome::Exhausted {
+                index,
+                resets_at: current.resets_at.unwrap_or(quota.resets_at),
+            });
+        }
+    }
+    for quota in quotas {
+        // A counter past its reset starts again, with this quota's window.
+        conn.prepare_cached(
+            "INSERT INTO quotas (channel, key, count, resets_at) VALUES (?1, ?2, 1, ?3)
+             ON CONFLICT (channel, key) DO UPDATE SET
+                 count = CASE WHEN resets_at <= ?4 THEN 1 ELSE count + 1 END,
+                 resets_at = CASE WHEN resets_at <= ?4 THEN excluded.resets_at
+                                  ELSE resets_at END",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                channel.as_str(),
+                quota.key,
+                quota.resets_at.millis(),
+                now.millis()
+            ])
+        })
+        .map_err(map_err)?;
+    }
+    Ok(QuotaOutcome::Taken)
+}
+
+pub(super) fn give_back(
+    conn: &Connection,
+    channel: Channel,
+    quotas: &[Quota],
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    for quota in quotas {
+        conn.prepare_cached(
+            "UPDATE quotas SET count = count - 1
+             WHERE channel = ?1 AND key = ?2 AND resets_at > ?3 AND count > 0",
+        )
+        .and_then(|mut s| s.execute(params![channel.as_str(), quota.key, now.millis()]))
+        .map_err(map_err)?;
+    }
+    Ok(())
+}
+
+pub(super) fn reset(conn: &Connection, channel: Channel, key: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM quotas WHERE channel = ?1 AND key = ?2")
+        .and_then(|mut s| s.execute(params![channel.as_str(), key]))
+        .map_err(map_err)?;
+    Ok(())
+}
+
+pub(super) fn purge(conn: &Connection, now: Timestamp) -> Result<u64, StoreError> {
+    conn.execute("DELETE FROM quotas WHERE resets_at <= ?1", [now.millis()])
+        .map(|n| n as u64)
+        .map_err(map_err)
+}
