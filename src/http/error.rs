@@ -78,6 +78,10 @@ pub enum ApiError {
         message: String,
         retry_after_secs: u64,
     },
+    #[error("the Idempotency-Key was used for a different request")]
+    IdempotencyConflict,
+    #[error("a request with this Idempotency-Key is still running; retry shortly")]
+    IdempotencyInProgress,
     #[error("authentication required")]
     Unauthorized,
     #[error("{0}")]
@@ -109,6 +113,8 @@ impl ApiError {
             ApiError::InvalidBody(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
             ApiError::LimitReached { status_code, .. } => (StatusCode::BAD_REQUEST, status_code),
             ApiError::DailyCap { .. } => (StatusCode::BAD_REQUEST, "daily_cap"),
+            ApiError::IdempotencyConflict => (StatusCode::CONFLICT, "idempotency_conflict"),
+            ApiError::IdempotencyInProgress => (StatusCode::CONFLICT, "idempotency_in_progress"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -241,7 +247,7 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static("Basic realm=\"otpd\", charset=\"UTF-8\""),
                 );
             }
-            ApiError::StoreUnavailable => {
+            ApiError::StoreUnavailable | ApiError::IdempotencyInProgress => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(1u32));
             }
             _ => {}

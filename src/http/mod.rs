@@ -2,6 +2,7 @@
 
 mod auth;
 pub mod error;
+mod idempotency;
 mod limits;
 mod metrics;
 pub mod openapi;

@@ -3,11 +3,13 @@
 use std::net::IpAddr;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Serialize;
 
 use super::AppState;
 use super::error::{self, ApiError};
+use super::idempotency;
 use super::params::Params;
 use crate::domain::abuse::SendQuota;
 use crate::domain::code::Password;
@@ -50,11 +52,29 @@ pub(super) fn ip(params: &Params) -> Result<Option<IpAddr>, ApiError> {
 pub async fn create(
     State(app): State<AppState>,
     channel: Channel,
+    headers: HeaderMap,
+    params: Result<Params, ApiError>,
+) -> Result<Response, ApiError> {
+    let key = idempotency::key_of(&headers)?;
+    match (key, params) {
+        (Some(key), Ok(params)) => {
+            let fingerprint = params.fingerprint();
+            let create = counted_create(&app, channel, Ok(params));
+            idempotency::once(&app, channel, &key, &fingerprint, create).await
+        }
+        (_, params) => counted_create(&app, channel, params).await,
+    }
+}
+
+/// A create, counted in the metrics by how it ended.
+async fn counted_create(
+    app: &AppState,
+    channel: Channel,
     params: Result<Params, ApiError>,
 ) -> Result<Response, ApiError> {
     // A body that cannot be read is an invalid send too.
     let created = match params {
-        Ok(params) => create_code(&app, channel, params).await,
+        Ok(params) => create_code(app, channel, params).await,
         Err(e) => Err(e),
     };
     let outcome = match &created {

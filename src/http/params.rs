@@ -65,6 +65,15 @@ impl Params {
         }
     }
 
+    /// A digest of every parameter, whatever order they came in: what tells a repeated
+    /// request from another one under the same `Idempotency-Key`.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let sorted: std::collections::BTreeMap<_, _> = self.0.iter().collect();
+        let canonical = serde_json::to_vec(&sorted).unwrap_or_default();
+        hex::encode(Sha256::digest(canonical))
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.0.contains_key(name)
     }

@@ -3,6 +3,7 @@
 use std::sync::OnceLock;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use serde_json::Value;
 
@@ -243,13 +244,14 @@ pub fn routes() -> Routes {
         let show_limits = move |s: State<AppState>| limits::show(s, ch);
         routes = routes
             .add(
-                doc(&format!("/{ch}"), &["POST"], "codes", &format!("Create a code and send it by {ch}"))
+                doc(&format!("/{ch}"), &["POST"], "codes", &format!("Create a code and send it by {ch}. With an Idempotency-Key header, a repeat within 24 hours gets the first answer again (Idempotent-Replayed: true) and sends nothing"))
                     .fields(create_fields(ch))
                     .answers(vec![
                         answer(200, &[], "content: {\"id\": delivery id, \"expires_at\": RFC 3339}"),
                         answer(400, limit_code(ch), "a limit, the resend cooldown or the daily cap is reached (Retry-After), ip is missing while IP rules exist, or a field is missing or malformed (a phone of a refused kind or country too)"),
+                        answer(409, &["idempotency_conflict", "idempotency_in_progress"], "the Idempotency-Key was used for another request, or its first request is still running (Retry-After)"),
                     ]),
-                post(move |s: State<AppState>, p: Result<Params, ApiError>| otp::create(s, ch, p)),
+                post(move |s: State<AppState>, h: HeaderMap, p: Result<Params, ApiError>| otp::create(s, ch, h, p)),
             )
             .add(
                 doc(&format!("/{ch}/check"), &["GET", "POST"], "codes", &format!("Check a code sent by {ch}; a right one is spent"))

@@ -147,6 +147,19 @@ pub struct Counter {
     pub resets_at: Option<Timestamp>,
 }
 
+/// What a create with an `Idempotency-Key` finds when it begins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyBegin {
+    /// The key is new (or its earlier request failed): this request runs, and owns it.
+    Proceed,
+    /// The same request was answered before: this is its answer, as stored.
+    Replay(String),
+    /// The key was used for a different request.
+    Conflict,
+    /// The same request is running right now.
+    InProgress,
+}
+
 /// What `GET /deliveries/{id}` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeliveryStatus {
@@ -258,6 +271,29 @@ pub trait Store: Send + Sync {
     ) -> Result<Counter, StoreError>;
 
     async fn reset_counter(&self, channel: Channel, key: &str) -> Result<(), StoreError>;
+
+    /// Claims `key` for a request with this `fingerprint` until `pending_until` (after
+    /// which a crashed request's key may be used again), or says what holds it.
+    async fn begin_idempotent(
+        &self,
+        channel: Channel,
+        key: &str,
+        fingerprint: &str,
+        now: Timestamp,
+        pending_until: Timestamp,
+    ) -> Result<IdempotencyBegin, StoreError>;
+
+    /// Keeps the answer of the request that owns `key` until `keep_until`, or, without
+    /// an answer, frees the key so that the request may be tried again.
+    async fn finish_idempotent(
+        &self,
+        channel: Channel,
+        key: &str,
+        fingerprint: &str,
+        answer: Option<String>,
+        keep_until: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
 
     /// Removes expired codes, stale guess counts and sends, and old finished jobs.
     async fn purge_expired(&self, now: Timestamp) -> Result<(u64, EndedJobs), StoreError>;

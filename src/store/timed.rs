@@ -7,9 +7,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    CodeCheck, Counter, CreateOutcome, DeliveryStatus, EndedJobs, LinkCodeOutcome, LinkLookup,
-    LinkLookupOutcome, NewCode, NewLinkCode, OutboxStats, Quota, QuotaOutcome, SharedStore, Store,
-    StoreError,
+    CodeCheck, Counter, CreateOutcome, DeliveryStatus, EndedJobs, IdempotencyBegin,
+    LinkCodeOutcome, LinkLookup, LinkLookupOutcome, NewCode, NewLinkCode, OutboxStats, Quota,
+    QuotaOutcome, SharedStore, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob};
@@ -147,6 +147,35 @@ impl Store for TimedStore {
     async fn reset_counter(&self, channel: Channel, key: &str) -> Result<(), StoreError> {
         self.timed("reset_counter", self.inner.reset_counter(channel, key))
             .await
+    }
+
+    async fn begin_idempotent(
+        &self,
+        channel: Channel,
+        key: &str,
+        fingerprint: &str,
+        now: Timestamp,
+        pending_until: Timestamp,
+    ) -> Result<IdempotencyBegin, StoreError> {
+        let call = self
+            .inner
+            .begin_idempotent(channel, key, fingerprint, now, pending_until);
+        self.timed("begin_idempotent", call).await
+    }
+
+    async fn finish_idempotent(
+        &self,
+        channel: Channel,
+        key: &str,
+        fingerprint: &str,
+        answer: Option<String>,
+        keep_until: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let call = self
+            .inner
+            .finish_idempotent(channel, key, fingerprint, answer, keep_until, now);
+        self.timed("finish_idempotent", call).await
     }
 
     async fn purge_expired(&self, now: Timestamp) -> Result<(u64, EndedJobs), StoreError> {

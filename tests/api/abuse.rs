@@ -335,3 +335,106 @@ async fn bad_abuse_settings_stop_the_start_naming_the_variable() {
         assert!(error.contains(expected), "{error}");
     }
 }
+
+/// `POST /sms` with an `Idempotency-Key`.
+async fn sms_once(t: &TestApp, key: &str, body: serde_json::Value) -> crate::support::Answer {
+    let res = t
+        .client
+        .post(format!("{}/sms", t.base))
+        .header("idempotency-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.json().await.unwrap();
+    crate::support::Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+#[tokio::test]
+async fn a_repeat_with_the_same_idempotency_key_gets_the_first_answer_and_sends_once() {
+    let t = TestApp::spawn().await;
+    let body = json!({"phone": KZ_MOBILE, "password": "123456"});
+    let first = sms_once(&t, "order-42", body.clone()).await;
+    assert!(first.ok(), "{:?}", first.body);
+    assert!(!first.headers.contains_key("idempotent-replayed"));
+    // More repeats than the phone's send limit allows: none of them is a send.
+    for _ in 0..6 {
+        let again = sms_once(&t, "order-42", body.clone()).await;
+        assert_eq!((again.status, &again.body), (StatusCode::OK, &first.body));
+        assert_eq!(again.headers["idempotent-replayed"], "true");
+    }
+    t.finished_delivery(first.body["content"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(t.console.lines().len(), 1);
+    // The same key for another request is a conflict; another key is another send.
+    let other = sms_once(
+        &t,
+        "order-42",
+        json!({"phone": KZ_MOBILE, "password": "654321"}),
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::CONFLICT);
+    assert_eq!(other.code(), "idempotency_conflict");
+    assert!(sms_once(&t, "order-43", body.clone()).await.ok());
+    // A day later the key is forgotten.
+    t.advance(24 * 3600 + 1);
+    let later = sms_once(&t, "order-42", body).await;
+    assert!(later.ok());
+    assert_ne!(later.body["content"]["id"], first.body["content"]["id"]);
+}
+
+#[tokio::test]
+async fn concurrent_repeats_of_one_idempotent_create_make_one_code() {
+    let t = TestApp::spawn().await;
+    let mut repeats = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (client, url) = (t.client.clone(), format!("{}/sms", t.base));
+        repeats.spawn(async move {
+            let res = client
+                .post(url)
+                .header("idempotency-key", "burst")
+                .json(&json!({"phone": KZ_MOBILE, "password": "123456"}))
+                .send()
+                .await
+                .unwrap();
+            let body: serde_json::Value = res.json().await.unwrap();
+            body
+        });
+    }
+    let answers = repeats.join_all().await;
+    let ids: std::collections::BTreeSet<_> = answers
+        .iter()
+        .filter(|a| a["status"] == true)
+        .map(|a| a["content"]["id"].to_string())
+        .collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|a| a["status"] == true || a["status_code"] == "idempotency_in_progress"),
+        "{answers:?}"
+    );
+    assert_eq!(t.delivery_states().len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_create_frees_its_idempotency_key_for_a_later_try() {
+    let t = TestApp::spawn_with(&["--resend-cooldown", "30"]).await;
+    t.post_ok("/sms", json!({"phone": KZ_MOBILE})).await;
+    let body = json!({"phone": KZ_MOBILE, "password": "123456"});
+    let refused = sms_once(&t, "retry-me", body.clone()).await;
+    assert_eq!(refused.code(), "phone_limit");
+    t.advance(30);
+    assert!(sms_once(&t, "retry-me", body).await.ok());
+    let bad = sms_once(&t, &"k".repeat(256), json!({"phone": KZ_MOBILE})).await;
+    assert_eq!(
+        bad.body["message"],
+        "\"Idempotency-Key\" must be 1 to 255 visible ASCII characters"
+    );
+}

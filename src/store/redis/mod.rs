@@ -15,8 +15,9 @@ use redis::{FromRedisValue, Script, Value};
 use self::conn::Conn;
 use super::outbox::{AttemptEnd, Payload, StoredTry};
 use super::{
-    CodeCheck, Counter, CreateOutcome, DeliveryStatus, EndedJobs, LinkCodeOutcome, LinkLookup,
-    LinkLookupOutcome, NewCode, NewLinkCode, OutboxStats, Quota, QuotaOutcome, Store, StoreError,
+    CodeCheck, Counter, CreateOutcome, DeliveryStatus, EndedJobs, IdempotencyBegin,
+    LinkCodeOutcome, LinkLookup, LinkLookupOutcome, NewCode, NewLinkCode, OutboxStats, Quota,
+    QuotaOutcome, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob, DeliveryState};
@@ -46,6 +47,8 @@ struct Scripts {
     link_take: Script,
     quota_take: Script,
     quota_return: Script,
+    idem_begin: Script,
+    idem_finish: Script,
 }
 
 pub struct RedisStore {
@@ -82,6 +85,8 @@ impl RedisStore {
                 link_take: script!("link_take.lua"),
                 quota_take: script!("quota_take.lua"),
                 quota_return: script!("quota_return.lua"),
+                idem_begin: script!("idem_begin.lua"),
+                idem_finish: script!("idem_finish.lua"),
             },
             prefix: prefix.to_owned(),
             consumer: format!("otpd-{:016x}", rand::thread_rng().r#gen::<u64>()),
@@ -502,6 +507,48 @@ impl Store for RedisStore {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(self.quota_key(channel, key));
         let _: i64 = self.conn.query(&cmd).await?;
+        Ok(())
+    }
+
+    async fn begin_idempotent(
+        &self,
+        channel: Channel,
+        key: &str,
+        fingerprint: &str,
+        now: Timestamp,
+        pending_until: Timestamp,
+    ) -> Result<IdempotencyBegin, StoreError> {
+        let mut call = self.scripts.idem_begin.prepare_invoke();
+        call.key(self.key(channel, &format!("idem:{key}")))
+            .arg(now.millis())
+            .arg(fingerprint)
+            .arg(pending_until.millis());
+        let answer: Vec<Value> = self.conn.invoke(&mut call).await?;
+        match text(&answer, 0)?.as_str() {
+            "proceed" => Ok(IdempotencyBegin::Proceed),
+            "replay" => Ok(IdempotencyBegin::Replay(text(&answer, 1)?)),
+            "conflict" => Ok(IdempotencyBegin::Conflict),
+            "in_progress" => Ok(IdempotencyBegin::InProgress),
+            other => Err(StoreError::Internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    async fn finish_idempotent(
+        &self,
+        channel: Channel,
+        key: &str,
+        fingerprint: &str,
+        answer: Option<String>,
+        keep_until: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut call = self.scripts.idem_finish.prepare_invoke();
+        call.key(self.key(channel, &format!("idem:{key}")))
+            .arg(now.millis())
+            .arg(fingerprint)
+            .arg(answer.unwrap_or_default())
+            .arg(keep_until.millis());
+        let _: i64 = self.conn.invoke(&mut call).await?;
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 
 mod codes;
 mod deliveries;
+mod idempotency;
 mod limits;
 mod links;
 mod quotas;
@@ -18,8 +19,9 @@ use rusqlite::{Connection, ErrorCode};
 
 use self::writer::{Durability, Writer};
 use super::{
-    CodeCheck, Counter, CreateOutcome, DeliveryStatus, EndedJobs, LinkCodeOutcome, LinkLookup,
-    LinkLookupOutcome, NewCode, NewLinkCode, OutboxStats, Quota, QuotaOutcome, Store, StoreError,
+    CodeCheck, Counter, CreateOutcome, DeliveryStatus, EndedJobs, IdempotencyBegin,
+    LinkCodeOutcome, LinkLookup, LinkLookupOutcome, NewCode, NewLinkCode, OutboxStats, Quota,
+    QuotaOutcome, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob};
@@ -282,6 +284,7 @@ impl Store for SqliteStore {
                 purged += limits::purge_sends(conn, now)?;
                 purged += links::purge(conn, now)?;
                 purged += quotas::purge(conn, now)?;
+                purged += idempotency::purge(conn, now)?;
                 purged += deliveries::purge(
                     conn,
                     now,
@@ -337,6 +340,46 @@ impl Store for SqliteStore {
         let key = key.to_owned();
         self.writer
             .call(move |conn| quotas::reset(conn, channel, &key))
+            .await
+    }
+
+    async fn begin_idempotent(
+        &self,
+        channel: Channel,
+        key: &str,
+        fingerprint: &str,
+        now: Timestamp,
+        pending_until: Timestamp,
+    ) -> Result<IdempotencyBegin, StoreError> {
+        let (key, fingerprint) = (key.to_owned(), fingerprint.to_owned());
+        self.writer
+            .call(move |conn| {
+                idempotency::begin(conn, channel, &key, &fingerprint, now, pending_until)
+            })
+            .await
+    }
+
+    async fn finish_idempotent(
+        &self,
+        channel: Channel,
+        key: &str,
+        fingerprint: &str,
+        answer: Option<String>,
+        keep_until: Timestamp,
+        _now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let (key, fingerprint) = (key.to_owned(), fingerprint.to_owned());
+        self.writer
+            .call(move |conn| {
+                idempotency::finish(
+                    conn,
+                    channel,
+                    &key,
+                    &fingerprint,
+                    answer.as_deref(),
+                    keep_until,
+                )
+            })
             .await
     }
 

@@ -92,3 +92,15 @@ CREATE TABLE IF NOT EXISTS quotas (
     PRIMARY KEY (channel, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS quotas_by_reset ON quotas (resets_at);
+
+-- Creates made with an Idempotency-Key: the request's fingerprint, and its answer once
+-- it has one (NULL while it runs). Kept until expires_at.
+CREATE TABLE IF NOT EXISTS idempotency (
+    channel     TEXT    NOT NULL,
+    key         TEXT    NOT NULL,
+    fingerprint TEXT    NOT NULL,
+    answer      TEXT,
+    expires_at  INTEGER NOT NULL,
+    PRIMARY KEY (channel, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_by_expiry ON idempotency (expires_at);

@@ -1,0 +1,93 @@
+//! Requests made with an `Idempotency-Key`, and the answers they got.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::map_err;
+use crate::clock::Timestamp;
+use crate::domain::Channel;
+use crate::store::{IdempotencyBegin, StoreError};
+
+pub(super) fn begin(
+    conn: &Connection,
+    channel: Channel,
+    key: &str,
+    fingerprint: &str,
+    now: Timestamp,
+    pending_until: Timestamp,
+) -> Result<IdempotencyBegin, StoreError> {
+    let held = conn
+        .prepare_cached(
+            "SELECT fingerprint, answer FROM idempotency
+             WHERE channel = ?1 AND key = ?2 AND expires_at > ?3",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![channel.as_str(), key, now.millis()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+            })
+            .optional()
+        })
+        .map_err(map_err)?;
+    Ok(match held {
+        Some((held_by, _)) if held_by != fingerprint => IdempotencyBegin::Conflict,
+        Some((_, Some(answer))) => IdempotencyBegin::Replay(answer),
+        Some((_, None)) => IdempotencyBegin::InProgress,
+        None => {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO idempotency (channel, key, fingerprint, answer, expires_at)
+                 VALUES (?1, ?2, ?3, NULL, ?4)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    channel.as_str(),
+                    key,
+                    fingerprint,
+                    pending_until.millis()
+                ])
+            })
+            .map_err(map_err)?;
+            IdempotencyBegin::Proceed
+        }
+    })
+}
+
+pub(super) fn finish(
+    conn: &Connection,
+    channel: Channel,
+    key: &str,
+    fingerprint: &str,
+    answer: Option<&str>,
+    keep_until: Timestamp,
+) -> Result<(), StoreError> {
+    let result = match answer {
+        Some(answer) => conn
+            .prepare_cached(
+                "UPDATE idempotency SET answer = ?4, expires_at = ?5
+                 WHERE channel = ?1 AND key = ?2 AND fingerprint = ?3",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    channel.as_str(),
+                    key,
+                    fingerprint,
+                    answer,
+                    keep_until.millis()
+                ])
+            }),
+        None => conn
+            .prepare_cached(
+                "DELETE FROM idempotency
+                 WHERE channel = ?1 AND key = ?2 AND fingerprint = ?3 AND answer IS NULL",
+            )
+            .and_then(|mut s| s.execute(params![channel.as_str(), key, fingerprint])),
+    };
+    result.map(|_| ()).map_err(map_err)
+}
+
+pub(super) fn purge(conn: &Connection, now: Timestamp) -> Result<u64, StoreError> {
+    conn.execute(
+        "DELETE FROM idempotency WHERE expires_at <= ?1",
+        [now.millis()],
+    )
+    .map(|n| n as u64)
+    .map_err(map_err)
+}
