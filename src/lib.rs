@@ -172,6 +172,7 @@ impl App {
             settings,
             abuse,
             wakeups.clone(),
+            metrics.clone(),
         ));
         let link = Arc::new(
             TelegramLink::new(

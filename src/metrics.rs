@@ -42,6 +42,11 @@ const FAMILIES: &[(&str, &str, &str)] = &[
          cooldown, daily_cap, daily_cap_country, failure_budget, ...).",
     ),
     (
+        "otpd_pumping_suspected_total",
+        "counter",
+        "Sends the pumping detector found suspect, by channel, scope (country, ip) and mode (record, block).",
+    ),
+    (
         "otpd_deliveries_total",
         "counter",
         "Delivery jobs ended, by channel, provider and final state.",

@@ -9,6 +9,7 @@ use super::{ConfigError, Redacted};
 use crate::domain::Channel;
 use crate::domain::abuse::AbuseSettings;
 use crate::domain::phone_policy::{PhonePolicy, parse_countries};
+use crate::domain::pumping::{PumpingMode, PumpingSettings};
 use crate::domain::test_targets::TestTargets;
 
 #[derive(Debug, Clone, Args)]
@@ -70,6 +71,33 @@ pub struct AbuseConfig {
     )]
     pub max_failures_per_target: u64,
 
+    /// The SMS-pumping detector: off, record (count, log and export suspects) or block (also refuse their sends).
+    #[arg(
+        long,
+        env = "OTP_PUMPING_MODE",
+        value_name = "OTP_PUMPING_MODE",
+        default_value = "off"
+    )]
+    pub pumping_mode: PumpingMode,
+
+    /// Codes sent per code verified, over the last hour or day, above which a country or an end-user ip is suspect.
+    #[arg(
+        long,
+        env = "OTP_PUMPING_MAX_RATIO",
+        value_name = "OTP_PUMPING_MAX_RATIO",
+        default_value_t = 10.0
+    )]
+    pub pumping_max_ratio: f64,
+
+    /// Codes sent to a country or for an ip within the window below which the detector does not judge.
+    #[arg(
+        long,
+        env = "OTP_PUMPING_MIN_SENDS",
+        value_name = "OTP_PUMPING_MIN_SENDS",
+        default_value_t = 50
+    )]
+    pub pumping_min_sends: u64,
+
     /// Targets with a fixed code, never sent and never limited, e.g. sms:79990000000=123456,email:qa@example.com=000000.
     #[arg(
         long,
@@ -88,6 +116,12 @@ impl AbuseConfig {
                 .transpose()
                 .map_err(|reason| ConfigError::new(variable, reason))
         };
+        if !(self.pumping_max_ratio.is_finite() && self.pumping_max_ratio >= 1.0) {
+            return Err(ConfigError::new(
+                "OTP_PUMPING_MAX_RATIO",
+                "must be a number of at least 1",
+            ));
+        }
         let test_targets = match &self.test_targets {
             Some(raw) => TestTargets::parse(&raw.0)
                 .map_err(|reason| ConfigError::new("OTP_TEST_TARGETS", reason))?,
@@ -114,6 +148,11 @@ impl AbuseConfig {
             max_failures_per_target: self.max_failures_per_target,
             failure_window: Duration::from_secs(24 * 3600),
             test_targets,
+            pumping: PumpingSettings {
+                mode: self.pumping_mode,
+                max_ratio: self.pumping_max_ratio,
+                min_sends: self.pumping_min_sends,
+            },
         })
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::Channel;
 use super::phone_policy::{Country, PhonePolicy};
+use super::pumping::PumpingSettings;
 use super::test_targets::TestTargets;
 use crate::clock::Timestamp;
 use crate::store::Quota;
@@ -26,6 +27,7 @@ pub struct AbuseSettings {
     pub max_failures_per_target: u64,
     pub failure_window: Duration,
     pub test_targets: TestTargets,
+    pub pumping: PumpingSettings,
 }
 
 impl Default for AbuseSettings {
@@ -38,6 +40,7 @@ impl Default for AbuseSettings {
             max_failures_per_target: 100,
             failure_window: Duration::from_secs(24 * 3600),
             test_targets: TestTargets::default(),
+            pumping: PumpingSettings::default(),
         }
     }
 }

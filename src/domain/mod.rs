@@ -8,6 +8,7 @@ pub mod limits;
 pub mod link;
 pub mod message;
 pub mod phone_policy;
+pub mod pumping;
 pub mod secret;
 pub mod service;
 pub mod target;

@@ -96,6 +96,12 @@ pub struct PhonePolicy {
 }
 
 impl PhonePolicy {
+    /// The country of a valid number, whatever the lists say.
+    pub fn country_of(phone: &Phone) -> Option<Country> {
+        let number = phonenumber::parse(None, format!("+{}", phone.digits())).ok()?;
+        number.country().id().and_then(Country::of)
+    }
+
     /// The phone's country when `channel` may send to it.
     pub fn admit(&self, channel: Channel, phone: &Phone) -> Result<Country, PhoneRefusal> {
         let number = phonenumber::parse(None, format!("+{}", phone.digits()))

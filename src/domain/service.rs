@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use crate::delivery::Wakeups;
@@ -10,13 +11,15 @@ use super::abuse::{AbuseSettings, SendQuota};
 use super::code::{Lifetime, Password};
 use super::limits::{LimitHit, LimitKind, LimitRules, LimitRulesUpdate};
 use super::message::Templates;
-use super::phone_policy::{Country, PhoneRefusal};
+use super::phone_policy::{Country, PhonePolicy, PhoneRefusal};
+use super::pumping::{PumpingMode, Scope};
 use super::secret::Secret;
 use super::test_targets::TestTargets;
 use super::verification::CheckOutcome;
 use super::{Channel, InvalidField, Target};
 use crate::clock::{Clock, Timestamp};
 use crate::delivery::DeliveryId;
+use crate::metrics::Metrics;
 use crate::store::{
     CodeCheck, CreateOutcome, NewCode, Quota, QuotaOutcome, SharedStore, StoreError,
 };
@@ -71,6 +74,11 @@ pub enum OtpError {
         cooldown: Duration,
         retry_after_secs: u64,
     },
+    #[error("suspected SMS pumping")]
+    PumpingSuspected {
+        channel: Channel,
+        scope: &'static str,
+    },
     #[error("too many wrong passwords for this target")]
     FailureBudgetSpent {
         channel: Channel,
@@ -96,6 +104,10 @@ pub struct OtpService {
     settings: CodeSettings,
     abuse: AbuseSettings,
     delivery_wakeup: Arc<Wakeups>,
+    metrics: Arc<Metrics>,
+    /// When the detector last logged a suspicion (milliseconds), so that an attack
+    /// logs a line a minute rather than one per request.
+    pumping_logged_at: AtomicI64,
 }
 
 impl OtpService {
@@ -106,6 +118,7 @@ impl OtpService {
         settings: CodeSettings,
         abuse: AbuseSettings,
         delivery_wakeup: Arc<Wakeups>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         OtpService {
             store,
@@ -114,6 +127,8 @@ impl OtpService {
             settings,
             abuse,
             delivery_wakeup,
+            metrics,
+            pumping_logged_at: AtomicI64::new(i64::MIN),
         }
     }
 
@@ -162,6 +177,11 @@ impl OtpService {
                 retry_after_secs: secs_until(now, resets_at),
             });
         }
+        let scopes = self.pumping_scopes(country, req.ip);
+        if let Err(e) = self.watch_for_pumping(req.channel, &scopes, now).await {
+            self.give_back(req.channel, &counted, now).await;
+            return Err(e);
+        }
         let code = NewCode {
             channel: req.channel,
             hash: self.secret.code_hash(req.channel, &target, &password),
@@ -175,13 +195,102 @@ impl OtpService {
             code: password,
         };
         let outcome = self.store_code(code).await;
-        if outcome.is_err() && !counted.is_empty() {
-            // A refused send does not count against the caps.
-            if let Err(e) = self.store.return_quotas(req.channel, &counted, now).await {
-                tracing::warn!(error = %e, "could not give back the quotas of a refused send");
+        match &outcome {
+            Ok(_) => {
+                self.tally(
+                    req.channel,
+                    self.abuse.pumping.count_sent(&scopes, now),
+                    now,
+                )
+                .await
             }
+            Err(_) => self.give_back(req.channel, &counted, now).await,
         }
         outcome
+    }
+
+    /// A refused send does not count against the caps.
+    async fn give_back(&self, channel: Channel, counted: &[Quota], now: Timestamp) {
+        if counted.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.return_quotas(channel, counted, now).await {
+            tracing::warn!(error = %e, "could not give back the quotas of a refused send");
+        }
+    }
+
+    /// What the pumping detector watches a send or a check of `channel` under: the
+    /// phone's country and the end user's IP (the `ip` the application passes).
+    fn pumping_scopes(&self, country: Option<Country>, ip: Option<IpAddr>) -> Vec<Scope> {
+        if !self.abuse.pumping.is_on() {
+            return Vec::new();
+        }
+        let Some(country) = country else {
+            return Vec::new();
+        };
+        let mut scopes = vec![Scope::Country(country)];
+        scopes.extend(ip.map(Scope::Ip));
+        scopes
+    }
+
+    async fn watch_for_pumping(
+        &self,
+        channel: Channel,
+        scopes: &[Scope],
+        now: Timestamp,
+    ) -> Result<(), OtpError> {
+        if scopes.is_empty() {
+            return Ok(());
+        }
+        let pumping = &self.abuse.pumping;
+        let keys = pumping.counters_to_read(scopes, now);
+        let counters = self.store.counters(channel, &keys, now).await?;
+        let Some(suspicion) = pumping.judge(scopes, &counters, now) else {
+            return Ok(());
+        };
+        let mode = pumping.mode.to_string();
+        self.metrics.count(
+            "otpd_pumping_suspected_total",
+            &[
+                ("channel", channel.as_str()),
+                ("scope", suspicion.scope.kind()),
+                ("mode", &mode),
+            ],
+        );
+        let last = self.pumping_logged_at.load(Ordering::Relaxed);
+        if now.millis().saturating_sub(last) >= 60_000
+            && self
+                .pumping_logged_at
+                .compare_exchange(last, now.millis(), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                channel = channel.as_str(),
+                scope = %suspicion.scope,
+                window = suspicion.window,
+                sent = suspicion.sent,
+                verified = suspicion.verified,
+                mode = %mode,
+                "suspected SMS pumping: codes are sent but not verified"
+            );
+        }
+        if pumping.mode == PumpingMode::Block {
+            return Err(OtpError::PumpingSuspected {
+                channel,
+                scope: suspicion.scope.kind(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds to counters that only watch (no limit), without failing the request.
+    async fn tally(&self, channel: Channel, counters: Vec<Quota>, now: Timestamp) {
+        if counters.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.take_quotas(channel, &counters, now).await {
+            tracing::warn!(error = %e, "could not count a send or check for the pumping detector");
+        }
     }
 
     async fn store_code(&self, code: NewCode) -> Result<Created, OtpError> {
@@ -198,6 +307,16 @@ impl OtpService {
             CreateOutcome::IpRequired => Err(OtpError::IpRequired),
             CreateOutcome::Limited(kind, hit) => Err(OtpError::Limited { channel, kind, hit }),
         }
+    }
+
+    async fn counter(
+        &self,
+        channel: Channel,
+        key: String,
+        now: Timestamp,
+    ) -> Result<crate::store::Counter, StoreError> {
+        let counters = self.store.counters(channel, &[key], now).await?;
+        Ok(counters.into_iter().next().unwrap_or_default())
     }
 
     /// The phone's country when the channel may send to it; other targets have none.
@@ -222,7 +341,7 @@ impl OtpService {
         let Some(key) = self.abuse.failure_counter(target) else {
             return Ok(());
         };
-        let failures = self.store.counter(channel, &key, now).await?;
+        let failures = self.counter(channel, key, now).await?;
         match failures.resets_at {
             Some(resets_at) if failures.count >= self.abuse.max_failures_per_target => {
                 Err(OtpError::FailureBudgetSpent {
@@ -236,12 +355,19 @@ impl OtpService {
         }
     }
 
+    /// `ip` is the end user's, when the application passes it: it pairs the check with
+    /// the sends from that IP for the pumping detector.
     pub async fn check(
         &self,
         channel: Channel,
         target: &Target,
         password: &Password,
+        ip: Option<IpAddr>,
     ) -> Result<CheckOutcome, OtpError> {
+        let country = match target {
+            Target::Phone(phone) if self.abuse.pumping.is_on() => PhonePolicy::country_of(phone),
+            _ => None,
+        };
         let target = target.key();
         if let Some(code) = self.abuse.test_targets.code_of(channel, &target) {
             return Ok(if TestTargets::matches(code, password) {
@@ -253,7 +379,7 @@ impl OtpService {
         let now = self.clock.now();
         let failures = match self.abuse.failure_counter(&target) {
             Some(key) => {
-                let counter = self.store.counter(channel, &key, now).await?;
+                let counter = self.counter(channel, key.clone(), now).await?;
                 if counter.count >= self.abuse.max_failures_per_target {
                     return Ok(CheckOutcome::AttemptsExceeded);
                 }
@@ -279,6 +405,11 @@ impl OtpService {
                 self.store.reset_counter(channel, &key).await?;
             }
             _ => {}
+        }
+        if outcome == CheckOutcome::Verified {
+            let scopes = self.pumping_scopes(country, ip);
+            let verified = self.abuse.pumping.count_verified(&scopes, now);
+            self.tally(channel, verified, now).await;
         }
         Ok(outcome)
     }

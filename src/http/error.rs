@@ -78,6 +78,8 @@ pub enum ApiError {
         message: String,
         retry_after_secs: u64,
     },
+    #[error("codes to this {0} are held back: many are sent and few are verified")]
+    PumpingSuspected(&'static str),
     #[error("the Idempotency-Key was used for a different request")]
     IdempotencyConflict,
     #[error("a request with this Idempotency-Key is still running; retry shortly")]
@@ -113,6 +115,7 @@ impl ApiError {
             ApiError::InvalidBody(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
             ApiError::LimitReached { status_code, .. } => (StatusCode::BAD_REQUEST, status_code),
             ApiError::DailyCap { .. } => (StatusCode::BAD_REQUEST, "daily_cap"),
+            ApiError::PumpingSuspected(_) => (StatusCode::BAD_REQUEST, "pumping_suspected"),
             ApiError::IdempotencyConflict => (StatusCode::CONFLICT, "idempotency_conflict"),
             ApiError::IdempotencyInProgress => (StatusCode::CONFLICT, "idempotency_in_progress"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
@@ -187,6 +190,10 @@ impl From<OtpError> for ApiError {
                     retry_after_secs,
                 }
             }
+            OtpError::PumpingSuspected { scope, .. } => ApiError::PumpingSuspected(match scope {
+                "ip" => "ip",
+                _ => "country",
+            }),
             OtpError::FailureBudgetSpent {
                 channel,
                 budget,

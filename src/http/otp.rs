@@ -79,7 +79,11 @@ async fn counted_create(
     };
     let outcome = match &created {
         Ok(_) => Some("accepted"),
-        Err(ApiError::LimitReached { .. } | ApiError::DailyCap { .. }) => Some("limited"),
+        Err(
+            ApiError::LimitReached { .. }
+            | ApiError::DailyCap { .. }
+            | ApiError::PumpingSuspected(_),
+        ) => Some("limited"),
         Err(ApiError::StoreUnavailable | ApiError::Internal) => None,
         Err(_) => Some("invalid"),
     };
@@ -150,6 +154,7 @@ fn abuse_reason(e: &OtpError) -> Option<&'static str> {
             SendQuota::DailyCapForCountry(_) => "daily_cap_country",
         }),
         OtpError::FailureBudgetSpent { .. } => Some("failure_budget"),
+        OtpError::PumpingSuspected { .. } => Some("pumping"),
         _ => None,
     }
 }
@@ -161,7 +166,10 @@ pub async fn check(
 ) -> Result<Response, ApiError> {
     let target = target(&params, channel)?;
     let password = password(&params)?.ok_or(ApiError::MissingParameter("password"))?;
-    let outcome = app.otp.check(channel, &target, &password).await?;
+    let outcome = app
+        .otp
+        .check(channel, &target, &password, ip(&params)?)
+        .await?;
     let label = match outcome {
         CheckOutcome::Verified => "ok",
         CheckOutcome::InvalidPassword => "invalid_password",

@@ -152,6 +152,7 @@ fn limit_code(channel: Channel) -> &'static [&'static str] {
             "ip_limit",
             "phone_limit",
             "daily_cap",
+            "pumping_suspected",
             "missing_parameter",
             "invalid_parameter",
             "invalid_body",
@@ -160,6 +161,7 @@ fn limit_code(channel: Channel) -> &'static [&'static str] {
             "ip_limit",
             "email_limit",
             "daily_cap",
+            "pumping_suspected",
             "missing_parameter",
             "invalid_parameter",
             "invalid_body",
@@ -168,6 +170,7 @@ fn limit_code(channel: Channel) -> &'static [&'static str] {
             "ip_limit",
             "chat_id_limit",
             "daily_cap",
+            "pumping_suspected",
             "missing_parameter",
             "invalid_parameter",
             "invalid_body",
@@ -248,14 +251,14 @@ pub fn routes() -> Routes {
                     .fields(create_fields(ch))
                     .answers(vec![
                         answer(200, &[], "content: {\"id\": delivery id, \"expires_at\": RFC 3339}"),
-                        answer(400, limit_code(ch), "a limit, the resend cooldown or the daily cap is reached (Retry-After), ip is missing while IP rules exist, or a field is missing or malformed (a phone of a refused kind or country too)"),
+                        answer(400, limit_code(ch), "a limit, the resend cooldown or the daily cap is reached (Retry-After), the pumping detector holds the country or ip back, ip is missing while IP rules exist, or a field is missing or malformed (a phone of a refused kind or country too)"),
                         answer(409, &["idempotency_conflict", "idempotency_in_progress"], "the Idempotency-Key was used for another request, or its first request is still running (Retry-After)"),
                     ]),
                 post(move |s: State<AppState>, h: HeaderMap, p: Result<Params, ApiError>| otp::create(s, ch, h, p)),
             )
             .add(
                 doc(&format!("/{ch}/check"), &["GET", "POST"], "codes", &format!("Check a code sent by {ch}; a right one is spent"))
-                    .fields(vec![target_field(ch), field("password", "string", true, "the code the user typed")])
+                    .fields(vec![target_field(ch), field("password", "string", true, "the code the user typed"), field("ip", "string", false, "the end user's IP, as given on the send: pairs the check with the sends from that IP for the pumping detector")])
                     .answers(vec![
                         answer(200, &[], "{\"status\": true}: the code was right, and is now spent"),
                         answer(200, &["invalid_password", "attempts_exceeded"], "wrong, expired, spent or unknown; or too many wrong guesses until the next send"),

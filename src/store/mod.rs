@@ -263,12 +263,13 @@ pub trait Store: Send + Sync {
         now: Timestamp,
     ) -> Result<(), StoreError>;
 
-    async fn counter(
+    /// The counters' values now, in the order of `keys`.
+    async fn counters(
         &self,
         channel: Channel,
-        key: &str,
+        keys: &[String],
         now: Timestamp,
-    ) -> Result<Counter, StoreError>;
+    ) -> Result<Vec<Counter>, StoreError>;
 
     async fn reset_counter(&self, channel: Channel, key: &str) -> Result<(), StoreError>;
 

@@ -134,13 +134,13 @@ impl Store for TimedStore {
         .await
     }
 
-    async fn counter(
+    async fn counters(
         &self,
         channel: Channel,
-        key: &str,
+        keys: &[String],
         now: Timestamp,
-    ) -> Result<Counter, StoreError> {
-        self.timed("counter", self.inner.counter(channel, key, now))
+    ) -> Result<Vec<Counter>, StoreError> {
+        self.timed("counters", self.inner.counters(channel, keys, now))
             .await
     }
 

@@ -438,3 +438,84 @@ async fn a_refused_create_frees_its_idempotency_key_for_a_later_try() {
         "\"Idempotency-Key\" must be 1 to 255 visible ASCII characters"
     );
 }
+
+async fn send_kz(t: &TestApp, n: usize, ip: Option<&str>) -> crate::support::Answer {
+    let mut body = json!({"phone": format!("7701300{n:04}"), "password": "123456"});
+    if let Some(ip) = ip {
+        body["ip"] = ip.into();
+    }
+    t.post("/sms", body).await
+}
+
+async fn verify_kz(t: &TestApp, n: usize) {
+    let body = json!({"phone": format!("7701300{n:04}"), "password": "123456"});
+    assert_eq!(t.check_outcome("sms", body).await, "ok");
+}
+
+const PUMPING: [&str; 4] = ["--pumping-min-sends", "20", "--pumping-max-ratio", "5"];
+
+#[tokio::test]
+async fn the_pumping_detector_blocks_a_country_whose_codes_are_not_verified() {
+    let t = TestApp::spawn_with(&PUMPING)
+        .await
+        .replica_with(&["--pumping-mode", "block"])
+        .await;
+    for n in 0..20 {
+        assert!(send_kz(&t, n, None).await.ok());
+    }
+    let held = send_kz(&t, 20, None).await;
+    assert_eq!(held.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        held.body,
+        json!({"status": false, "status_code": "pumping_suspected", "message": "codes to this country are held back: many are sent and few are verified"})
+    );
+    // Another country is not held back.
+    t.post_ok("/sms", json!({"phone": "79123456789"})).await;
+    // Four verified codes bring 20 sends down to the ratio of 5: sends flow again.
+    for n in 0..4 {
+        verify_kz(&t, n).await;
+    }
+    assert!(send_kz(&t, 21, None).await.ok());
+    let metrics = metrics_of(&t).await;
+    has(
+        &metrics,
+        "otpd_pumping_suspected_total{channel=\"sms\",scope=\"country\",mode=\"block\"} 1",
+    );
+    has(
+        &metrics,
+        "otpd_abuse_refusals_total{channel=\"sms\",reason=\"pumping\"} 1",
+    );
+}
+
+#[tokio::test]
+async fn the_pumping_detector_watches_end_user_ips_and_in_record_mode_refuses_nothing() {
+    let t = TestApp::spawn_with(&PUMPING)
+        .await
+        .replica_with(&["--pumping-mode", "block"])
+        .await;
+    for n in 0..20 {
+        assert!(send_kz(&t, n, Some("203.0.113.7")).await.ok());
+    }
+    // The country's codes are verified, but not by checks from that ip.
+    for n in 0..20 {
+        verify_kz(&t, n).await;
+    }
+    let held = send_kz(&t, 20, Some("203.0.113.7")).await;
+    assert_eq!(
+        held.body["message"],
+        "codes to this ip are held back: many are sent and few are verified"
+    );
+    assert!(send_kz(&t, 21, Some("198.51.100.1")).await.ok());
+
+    let recording = TestApp::spawn_with(&PUMPING)
+        .await
+        .replica_with(&["--pumping-mode", "record"])
+        .await;
+    for n in 0..22 {
+        assert!(send_kz(&recording, n, None).await.ok());
+    }
+    has(
+        &metrics_of(&recording).await,
+        "otpd_pumping_suspected_total{channel=\"sms\",scope=\"country\",mode=\"record\"} 2",
+    );
+}

@@ -308,7 +308,7 @@ async fn the_api_describes_itself_and_its_page_needs_nothing_from_elsewhere() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(query, ["phone", "password"]);
+    assert_eq!(query, ["phone", "password", "ip"]);
     assert!(
         spec["paths"]["/limit/sms"]["get"]
             .get("parameters")

@@ -483,24 +483,33 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn counter(
+    async fn counters(
         &self,
         channel: Channel,
-        key: &str,
+        keys: &[String],
         now: Timestamp,
-    ) -> Result<Counter, StoreError> {
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(self.quota_key(channel, key))
-            .arg("count")
-            .arg("resets_at");
-        let (count, resets_at): (Option<i64>, Option<i64>) = self.conn.query(&cmd).await?;
-        Ok(match (count, resets_at) {
-            (Some(count), Some(resets_at)) if resets_at > now.millis() => Counter {
-                count: count.max(0) as u64,
-                resets_at: Some(Timestamp::from_millis(resets_at)),
-            },
-            _ => Counter::default(),
-        })
+    ) -> Result<Vec<Counter>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HMGET")
+                .arg(self.quota_key(channel, key))
+                .arg("count")
+                .arg("resets_at");
+        }
+        let states: Vec<(Option<i64>, Option<i64>)> = self.conn.pipeline(&pipe).await?;
+        Ok(states
+            .into_iter()
+            .map(|state| match state {
+                (Some(count), Some(resets_at)) if resets_at > now.millis() => Counter {
+                    count: count.max(0) as u64,
+                    resets_at: Some(Timestamp::from_millis(resets_at)),
+                },
+                _ => Counter::default(),
+            })
+            .collect())
     }
 
     async fn reset_counter(&self, channel: Channel, key: &str) -> Result<(), StoreError> {

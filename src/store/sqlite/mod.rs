@@ -324,15 +324,19 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn counter(
+    async fn counters(
         &self,
         channel: Channel,
-        key: &str,
+        keys: &[String],
         now: Timestamp,
-    ) -> Result<Counter, StoreError> {
-        let key = key.to_owned();
+    ) -> Result<Vec<Counter>, StoreError> {
+        let keys = keys.to_vec();
         self.writer
-            .call(move |conn| quotas::counter(conn, channel, &key, now))
+            .call(move |conn| {
+                keys.iter()
+                    .map(|key| quotas::counter(conn, channel, key, now))
+                    .collect()
+            })
             .await
     }
 
