@@ -7,8 +7,9 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use otpd::domain::Channel;
 use otpd::domain::code::Password;
+use otpd::domain::phone_policy::PhonePolicy;
 use otpd::domain::secret::Secret;
-use otpd::domain::target::Target;
+use otpd::domain::target::{Phone, Target};
 use otpd::http::params::Params;
 
 fn parameters(c: &mut Criterion) {
@@ -56,5 +57,18 @@ fn targets(c: &mut Criterion) {
     });
 }
 
-criterion_group!(hot_paths, parameters, code_hash, targets);
+fn phone_policy(c: &mut Criterion) {
+    let policy = PhonePolicy::default();
+    let phone = match Phone::parse("77011234567") {
+        Ok(phone) => phone,
+        Err(e) => panic!("the benchmark phone is refused: {e}"),
+    };
+    // The metadata loads on first use; measure the steady state.
+    let _ = policy.admit(Channel::Sms, &phone);
+    c.bench_function("phone policy (libphonenumber)", |b| {
+        b.iter(|| policy.admit(Channel::Sms, black_box(&phone)))
+    });
+}
+
+criterion_group!(hot_paths, parameters, code_hash, targets, phone_policy);
 criterion_main!(hot_paths);

@@ -188,3 +188,54 @@ mod tests {
         assert!(ChatId::parse("12.5").is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn separator() -> impl Strategy<Value = &'static str> {
+        prop_oneof![Just(""), Just(""), Just(" "), Just("-"), Just(".")]
+    }
+
+    proptest! {
+        #[test]
+        fn every_spelling_of_a_phone_is_one_target(
+            digits in "[1-9][0-9]{6,14}",
+            separators in proptest::collection::vec(separator(), 15),
+            plus: bool,
+        ) {
+            let mut raw = String::from(if plus { "+" } else { "" });
+            for (i, d) in digits.chars().enumerate() {
+                if i > 0 {
+                    raw.push_str(separators[i]);
+                }
+                raw.push(d);
+            }
+            let phone = Phone::parse(&raw).unwrap();
+            prop_assert_eq!(phone.digits(), digits.as_str());
+        }
+
+        #[test]
+        fn a_phone_is_seven_to_fifteen_digits_or_refused(raw in ".{0,40}") {
+            if let Ok(phone) = Phone::parse(&raw) {
+                prop_assert!((7..=15).contains(&phone.digits().len()));
+                prop_assert!(phone.digits().bytes().all(|b| b.is_ascii_digit()));
+            }
+        }
+
+        #[test]
+        fn e_mail_domains_are_case_blind_and_normalising_twice_changes_nothing(
+            local in "[A-Za-z0-9._%+-]{1,20}",
+            domain in "[a-z]{1,10}\\.[a-z]{2,6}",
+        ) {
+            let upper = Email::parse(&format!("{local}@{}", domain.to_uppercase()));
+            let lower = Email::parse(&format!("{local}@{domain}"));
+            prop_assert_eq!(upper.clone().ok(), lower.ok());
+            if let Ok(email) = upper {
+                prop_assert_eq!(Email::parse(email.as_str()).ok(), Some(email));
+            }
+        }
+    }
+}

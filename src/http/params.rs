@@ -175,3 +175,59 @@ fn json_object(bytes: &[u8]) -> Result<Vec<(String, Value)>, ApiError> {
     de.end().map_err(invalid)?;
     Ok(entries)
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_request_is_parsed_or_refused_without_panicking(
+            query in ".{0,64}",
+            body in proptest::collection::vec(any::<u8>(), 0..256),
+            is_form: bool,
+        ) {
+            let _ = Params::parse(Some(&query), is_form, &body);
+        }
+
+        #[test]
+        fn json_and_form_bodies_give_the_same_trimmed_fields(
+            phone in "[ ]{0,2}[0-9+() -]{0,20}[ ]{0,2}",
+            password in "[a-zA-Z0-9 ]{0,12}",
+        ) {
+            let body = json!({"phone": phone, "password": password}).to_string();
+            let form = form_urlencoded::Serializer::new(String::new())
+                .append_pair("phone", &phone)
+                .append_pair("password", &password)
+                .finish();
+            let from_json = Params::parse(None, false, body.as_bytes()).unwrap();
+            let from_form = Params::parse(None, true, form.as_bytes()).unwrap();
+            for name in ["phone", "password"] {
+                prop_assert_eq!(from_json.text(name).ok(), from_form.text(name).ok());
+            }
+            let trimmed = phone.trim();
+            prop_assert_eq!(
+                from_json.text("phone").ok().flatten(),
+                (!trimmed.is_empty()).then(|| trimmed.to_owned())
+            );
+        }
+
+        #[test]
+        fn body_fields_win_over_the_query_and_order_does_not_matter(
+            in_query in "[a-z0-9]{1,10}",
+            in_body in "[a-z0-9]{1,10}",
+        ) {
+            let query = format!("password={in_query}&phone=1");
+            let body = json!({"password": in_body}).to_string();
+            let params = Params::parse(Some(&query), false, body.as_bytes()).unwrap();
+            prop_assert_eq!(params.text("password").unwrap(), Some(in_body.clone()));
+            prop_assert_eq!(params.text("phone").unwrap(), Some("1".to_owned()));
+            let reordered = format!("phone=1&password={in_query}");
+            let again = Params::parse(Some(&reordered), false, body.as_bytes()).unwrap();
+            prop_assert_eq!(again.fingerprint(), params.fingerprint());
+        }
+    }
+}
