@@ -208,7 +208,7 @@ impl Store for SqliteStore {
 
     async fn limit_rules(&self, channel: Channel) -> Result<LimitRules, StoreError> {
         self.writer
-            .call(move |conn| limits::load(conn, channel))
+            .read(move |conn| limits::load(conn, channel))
             .await
     }
 
@@ -236,7 +236,7 @@ impl Store for SqliteStore {
 
     async fn next_delivery_due(&self, channel: Channel) -> Result<Option<Timestamp>, StoreError> {
         self.writer
-            .call(move |conn| deliveries::next_due(conn, channel))
+            .read(move |conn| deliveries::next_due(conn, channel))
             .await
     }
 
@@ -297,7 +297,7 @@ impl Store for SqliteStore {
     }
 
     async fn outbox_stats(&self) -> Result<Vec<OutboxStats>, StoreError> {
-        self.writer.call(deliveries::stats).await
+        self.writer.read(deliveries::stats).await
     }
 
     async fn take_quotas(
@@ -332,7 +332,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Counter>, StoreError> {
         let keys = keys.to_vec();
         self.writer
-            .call(move |conn| {
+            .read(move |conn| {
                 keys.iter()
                     .map(|key| quotas::counter(conn, channel, key, now))
                     .collect()

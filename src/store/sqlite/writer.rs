@@ -57,6 +57,35 @@ where
     }
 }
 
+/// A read is answered as soon as it has run, without waiting for the commit and the
+/// sync: it wrote nothing that could be lost. (What it read may be lost in a crash if
+/// the batch it rode in never reaches the disk; no read answer promises otherwise.)
+struct Read<T, F> {
+    work: Option<F>,
+    reply: Option<oneshot::Sender<Result<T, StoreError>>>,
+}
+
+impl<T, F> Op for Read<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, conn: &Connection) {
+        if let (Some(work), Some(reply)) = (self.work.take(), self.reply.take()) {
+            let _ = reply.send(work(conn));
+        }
+    }
+
+    fn answer(self: Box<Self>, commit: Result<(), StoreError>) {
+        // Answered when it ran, unless the batch failed before reaching it.
+        if let Some(reply) = self.reply {
+            let _ = reply.send(commit.and(Err(StoreError::Unavailable(
+                "the store transaction failed".into(),
+            ))));
+        }
+    }
+}
+
 /// A failed operation is rolled back alone; the others in the batch still commit.
 fn in_savepoint<T>(
     conn: &Connection,
@@ -139,6 +168,25 @@ impl Writer {
             work: Some(work),
             result: None,
             reply,
+        };
+        self.tx
+            .send(Message::Op(Box::new(op)))
+            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the store writer stopped".into()))?
+    }
+
+    /// Runs `work`, which only reads, in the next batch and answers as soon as it ran.
+    pub(super) async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let op = Read {
+            work: Some(work),
+            reply: Some(reply),
         };
         self.tx
             .send(Message::Op(Box::new(op)))
