@@ -24,6 +24,7 @@ use crate::delivery::{
     BotApi, ConsoleOut, DeliverySettings, Wakeups, Worker, build_chains, count_ended_by_store,
 };
 use crate::domain::link::{LinkSettings, TelegramLink};
+use crate::domain::phone_policy::PhonePolicy;
 use crate::domain::secret::Secret;
 use crate::domain::service::{CodeSettings, OtpService};
 use crate::metrics::Metrics;
@@ -159,6 +160,7 @@ impl App {
             max_attempts: config.max_attempts,
         };
         let abuse = config.abuse.settings()?;
+        tokio::task::spawn_blocking(PhonePolicy::warm_up);
         if !abuse.test_targets.is_empty() {
             tracing::warn!(
                 count = abuse.test_targets.len(),

@@ -1,4 +1,4 @@
--- One request per phone: "<prefix><7 digits>", each wrk thread in its own block of
+-- One request per phone: "<prefix><7 digits>" (a valid number: see bench.py), each wrk thread in its own block of
 -- `stride` numbers, so requests never repeat a phone.
 -- args: method path prefix stride password
 local threads = 0
