@@ -270,8 +270,8 @@ pub(super) fn status(
     Ok(Some(status))
 }
 
-/// Finished jobs older than `before`, and jobs whose code expired before then (left
-/// queued when no worker ran).
+/// Jobs whose code expired before `before`, whatever their state (a queued one was
+/// left when no worker ran).
 pub(super) fn purge(
     conn: &Connection,
     now: Timestamp,
@@ -281,14 +281,22 @@ pub(super) fn purge(
     for channel in Channel::ALL {
         ended.expired[channel as usize] += expire_lapsed(conn, channel, now)?;
     }
-    let n = conn
-        .execute(
-            "DELETE FROM deliveries
-             WHERE (state IN ('sent', 'failed', 'expired') AND updated_at <= ?1)
-                OR expires_at <= ?1",
-            [before.millis()],
-        )
-        .map_err(map_err)?;
+    // Per channel and state, so that each DELETE is a range of the
+    // (channel, state, expires_at) index: one statement with an OR read every row, and
+    // with 2.6 million jobs held the writer for a second each sweep (the benchmark's
+    // p99). A job goes `before` (a day) after its code expired, as on Redis.
+    let mut n = 0;
+    for channel in Channel::ALL {
+        for state in ["sent", "failed", "expired", "queued", "sending"] {
+            n += conn
+                .prepare_cached(
+                    "DELETE FROM deliveries
+                     WHERE channel = ?1 AND state = ?2 AND expires_at <= ?3",
+                )
+                .and_then(|mut s| s.execute(params![channel.as_str(), state, before.millis()]))
+                .map_err(map_err)?;
+        }
+    }
     Ok(n as u64)
 }
 

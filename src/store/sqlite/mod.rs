@@ -29,7 +29,8 @@ use crate::domain::Channel;
 use crate::domain::limits::{LimitRules, LimitRulesUpdate};
 use crate::domain::verification::CheckOutcome;
 
-/// How long finished delivery jobs stay visible at `GET /deliveries/{id}`.
+/// How long delivery jobs stay visible at `GET /deliveries/{id}` after their code
+/// expired (the Redis store keeps them as long).
 const FINISHED_DELIVERY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
