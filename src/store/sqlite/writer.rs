@@ -169,12 +169,7 @@ impl Writer {
             result: None,
             reply,
         };
-        self.tx
-            .send(Message::Op(Box::new(op)))
-            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the store writer stopped".into()))?
+        self.submit(Box::new(op), answer).await
     }
 
     /// Runs `work`, which only reads, in the next batch and answers as soon as it ran.
@@ -188,8 +183,16 @@ impl Writer {
             work: Some(work),
             reply: Some(reply),
         };
+        self.submit(Box::new(op), answer).await
+    }
+
+    async fn submit<T>(
+        &self,
+        op: Box<dyn Op>,
+        answer: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         self.tx
-            .send(Message::Op(Box::new(op)))
+            .send(Message::Op(op))
             .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
         answer
             .await
