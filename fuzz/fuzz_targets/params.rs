@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(params) = Params::parse(query, flag & 1 == 1, body) else {
         return;
     };
-    let _ = params.fingerprint();
+    let _ = params.canonical();
     for name in ["password", "lifetime", "ip", "message", "subject", "text", "html"] {
         let _ = params.text(name);
         let _ = params.integer(name);

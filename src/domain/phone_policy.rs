@@ -105,24 +105,17 @@ impl PhonePolicy {
         }
     }
 
-    /// The country of a valid number, whatever the lists say.
+    /// The country of a number, whatever the lists say.
     pub fn country_of(phone: &Phone) -> Option<Country> {
-        let number = phonenumber::parse(None, format!("+{}", phone.digits())).ok()?;
-        number.country().id().and_then(Country::of)
+        country(&parse(phone)?)
     }
 
     /// The phone's country when `channel` may send to it.
     pub fn admit(&self, channel: Channel, phone: &Phone) -> Result<Country, PhoneRefusal> {
-        let number = phonenumber::parse(None, format!("+{}", phone.digits()))
-            .map_err(|_| PhoneRefusal::Invalid)?;
-        if !number.is_valid() {
-            return Err(PhoneRefusal::Invalid);
-        }
-        let country = number
-            .country()
-            .id()
-            .and_then(Country::of)
+        let number = parse(phone)
+            .filter(PhoneNumber::is_valid)
             .ok_or(PhoneRefusal::Invalid)?;
+        let country = country(&number).ok_or(PhoneRefusal::Invalid)?;
         if let Some(kind) = refused_kind(channel, &number) {
             return Err(PhoneRefusal::Kind(kind));
         }
@@ -138,6 +131,14 @@ impl PhonePolicy {
         }
         Ok(country)
     }
+}
+
+fn parse(phone: &Phone) -> Option<PhoneNumber> {
+    phonenumber::parse(None, format!("+{}", phone.digits())).ok()
+}
+
+fn country(number: &PhoneNumber) -> Option<Country> {
+    number.country().id().and_then(Country::of)
 }
 
 /// SMS go to mobiles and fixed lines (some take SMS); a call may also ring a VoIP or

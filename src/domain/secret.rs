@@ -73,6 +73,17 @@ impl Secret {
         CodeHash(self.mac(&[b"link", code.reveal().as_bytes()]))
     }
 
+    /// What tells a repeated create from another one under the same `Idempotency-Key`.
+    /// Keyed like the codes: the parameters hold the code, and a plain digest of a
+    /// six-digit code is undone by trying all million of them.
+    pub fn request_fingerprint(&self, channel: Channel, canonical_params: &[u8]) -> String {
+        hex::encode(self.mac(&[
+            b"idempotency",
+            channel.as_str().as_bytes(),
+            canonical_params,
+        ]))
+    }
+
     /// HMAC over the parts, each followed by a NUL so that no two different part lists
     /// produce the same input (targets and codes never contain NUL).
     fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
@@ -147,6 +158,25 @@ pub fn constant_time_str_eq(given: &[u8], expected: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_fingerprints_are_keyed_and_per_channel() {
+        let params = br#"{"password":"123456","phone":"77011234567"}"#;
+        let a = Secret::new(vec![1u8; 32]).unwrap();
+        let b = Secret::new(vec![2u8; 32]).unwrap();
+        assert_eq!(
+            a.request_fingerprint(Channel::Sms, params),
+            a.request_fingerprint(Channel::Sms, params)
+        );
+        assert_ne!(
+            a.request_fingerprint(Channel::Sms, params),
+            b.request_fingerprint(Channel::Sms, params)
+        );
+        assert_ne!(
+            a.request_fingerprint(Channel::Sms, params),
+            a.request_fingerprint(Channel::Call, params)
+        );
+    }
 
     fn secret() -> Secret {
         Secret::new(vec![7u8; 32]).unwrap()

@@ -21,7 +21,7 @@ use crate::clock::{Clock, Timestamp};
 use crate::delivery::DeliveryId;
 use crate::metrics::Metrics;
 use crate::store::{
-    CodeCheck, CreateOutcome, NewCode, Quota, QuotaOutcome, SharedStore, StoreError,
+    CodeCheck, Counter, CreateOutcome, NewCode, Quota, QuotaOutcome, SharedStore, StoreError,
 };
 
 #[derive(Debug, Clone)]
@@ -90,13 +90,6 @@ pub enum OtpError {
     Store(#[from] StoreError),
 }
 
-/// Whole seconds from `now` until `at`, at least one (a `Retry-After` of 0 invites a
-/// retry that is refused again).
-fn secs_until(now: Timestamp, at: Timestamp) -> u64 {
-    let millis = (at.millis() - now.millis()).max(0) as u64;
-    millis.div_ceil(1000).max(1)
-}
-
 pub struct OtpService {
     store: SharedStore,
     clock: Arc<dyn Clock>,
@@ -159,8 +152,21 @@ impl OtpService {
             });
         }
         let country = self.admit_phone(req.channel, &req.target)?;
-        self.refuse_if_budget_spent(req.channel, &target, now)
-            .await?;
+        // The wrong-guess budget and the pumping detector's counters, in one store call.
+        let budget_key = self.abuse.failure_counter(&target);
+        let scopes = self.pumping_scopes(country, req.ip);
+        let mut keys: Vec<String> = budget_key.iter().cloned().collect();
+        keys.extend(self.abuse.pumping.counters_to_read(&scopes, now));
+        let counters = if keys.is_empty() {
+            Vec::new()
+        } else {
+            self.store.counters(req.channel, &keys, now).await?
+        };
+        let (budget, pumping) =
+            counters.split_at(usize::from(budget_key.is_some()).min(counters.len()));
+        if let Some(failures) = budget.first() {
+            self.refuse_if_budget_spent(req.channel, failures, now)?;
+        }
         let quotas = self.abuse.send_quotas(req.channel, &target, country, now);
         let counted: Vec<Quota> = quotas.iter().map(|(_, q)| q.clone()).collect();
         if !counted.is_empty()
@@ -174,11 +180,10 @@ impl OtpService {
                 channel: req.channel,
                 quota: *quota,
                 cooldown: self.abuse.resend_cooldown,
-                retry_after_secs: secs_until(now, resets_at),
+                retry_after_secs: now.secs_until(resets_at).max(1),
             });
         }
-        let scopes = self.pumping_scopes(country, req.ip);
-        if let Err(e) = self.watch_for_pumping(req.channel, &scopes, now).await {
+        if let Err(e) = self.watch_for_pumping(req.channel, &scopes, pumping, now) {
             self.give_back(req.channel, &counted, now).await;
             return Err(e);
         }
@@ -233,19 +238,16 @@ impl OtpService {
         scopes
     }
 
-    async fn watch_for_pumping(
+    /// Judges the send's scopes from `counters`, read as `counters_to_read` lists them.
+    fn watch_for_pumping(
         &self,
         channel: Channel,
         scopes: &[Scope],
+        counters: &[Counter],
         now: Timestamp,
     ) -> Result<(), OtpError> {
-        if scopes.is_empty() {
-            return Ok(());
-        }
         let pumping = &self.abuse.pumping;
-        let keys = pumping.counters_to_read(scopes, now);
-        let counters = self.store.counters(channel, &keys, now).await?;
-        let Some(suspicion) = pumping.judge(scopes, &counters, now) else {
+        let Some(suspicion) = pumping.judge(scopes, counters, now) else {
             return Ok(());
         };
         let mode = pumping.mode.to_string();
@@ -309,16 +311,6 @@ impl OtpService {
         }
     }
 
-    async fn counter(
-        &self,
-        channel: Channel,
-        key: String,
-        now: Timestamp,
-    ) -> Result<crate::store::Counter, StoreError> {
-        let counters = self.store.counters(channel, &[key], now).await?;
-        Ok(counters.into_iter().next().unwrap_or_default())
-    }
-
     /// The phone's country when the channel may send to it; other targets have none.
     fn admit_phone(&self, channel: Channel, target: &Target) -> Result<Option<Country>, OtpError> {
         match target {
@@ -332,23 +324,19 @@ impl OtpService {
         }
     }
 
-    async fn refuse_if_budget_spent(
+    fn refuse_if_budget_spent(
         &self,
         channel: Channel,
-        target: &str,
+        failures: &Counter,
         now: Timestamp,
     ) -> Result<(), OtpError> {
-        let Some(key) = self.abuse.failure_counter(target) else {
-            return Ok(());
-        };
-        let failures = self.counter(channel, key, now).await?;
         match failures.resets_at {
             Some(resets_at) if failures.count >= self.abuse.max_failures_per_target => {
                 Err(OtpError::FailureBudgetSpent {
                     channel,
                     budget: self.abuse.max_failures_per_target,
                     window: self.abuse.failure_window,
-                    retry_after_secs: secs_until(now, resets_at),
+                    retry_after_secs: now.secs_until(resets_at).max(1),
                 })
             }
             _ => Ok(()),
@@ -379,7 +367,11 @@ impl OtpService {
         let now = self.clock.now();
         let failures = match self.abuse.failure_counter(&target) {
             Some(key) => {
-                let counter = self.counter(channel, key.clone(), now).await?;
+                let counters = self
+                    .store
+                    .counters(channel, std::slice::from_ref(&key), now)
+                    .await?;
+                let counter = counters.first().copied().unwrap_or_default();
                 if counter.count >= self.abuse.max_failures_per_target {
                     return Ok(CheckOutcome::AttemptsExceeded);
                 }
@@ -412,6 +404,11 @@ impl OtpService {
             self.tally(channel, verified, now).await;
         }
         Ok(outcome)
+    }
+
+    /// A keyed digest of a create's parameters, for `Idempotency-Key`.
+    pub fn request_fingerprint(&self, channel: Channel, canonical_params: &[u8]) -> String {
+        self.secret.request_fingerprint(channel, canonical_params)
     }
 
     pub async fn limit_rules(&self, channel: Channel) -> Result<LimitRules, OtpError> {

@@ -190,10 +190,7 @@ impl From<OtpError> for ApiError {
                     retry_after_secs,
                 }
             }
-            OtpError::PumpingSuspected { scope, .. } => ApiError::PumpingSuspected(match scope {
-                "ip" => "ip",
-                _ => "country",
-            }),
+            OtpError::PumpingSuspected { scope, .. } => ApiError::PumpingSuspected(scope),
             OtpError::FailureBudgetSpent {
                 channel,
                 budget,

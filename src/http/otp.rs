@@ -58,7 +58,7 @@ pub async fn create(
     let key = idempotency::key_of(&headers)?;
     match (key, params) {
         (Some(key), Ok(params)) => {
-            let fingerprint = params.fingerprint();
+            let fingerprint = app.otp.request_fingerprint(channel, &params.canonical());
             let create = counted_create(&app, channel, Ok(params));
             idempotency::once(&app, channel, &key, &fingerprint, create).await
         }

@@ -147,6 +147,20 @@ pub struct Counter {
     pub resets_at: Option<Timestamp>,
 }
 
+impl Counter {
+    /// A counter as a store holds it (milliseconds), judged at `now` by the
+    /// application's clock, as both stores do.
+    fn stored(count: Option<i64>, resets_at: Option<i64>, now: Timestamp) -> Counter {
+        match (count, resets_at) {
+            (Some(count), Some(resets_at)) if resets_at > now.millis() => Counter {
+                count: count.max(0) as u64,
+                resets_at: Some(Timestamp::from_millis(resets_at)),
+            },
+            _ => Counter::default(),
+        }
+    }
+}
+
 /// What a create with an `Idempotency-Key` finds when it begins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdempotencyBegin {

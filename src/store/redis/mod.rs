@@ -502,13 +502,7 @@ impl Store for RedisStore {
         let states: Vec<(Option<i64>, Option<i64>)> = self.conn.pipeline(&pipe).await?;
         Ok(states
             .into_iter()
-            .map(|state| match state {
-                (Some(count), Some(resets_at)) if resets_at > now.millis() => Counter {
-                    count: count.max(0) as u64,
-                    resets_at: Some(Timestamp::from_millis(resets_at)),
-                },
-                _ => Counter::default(),
-            })
+            .map(|(count, resets_at)| Counter::stored(count, resets_at, now))
             .collect())
     }
 

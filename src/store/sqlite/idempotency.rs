@@ -91,3 +91,33 @@ pub(super) fn purge(conn: &Connection, now: Timestamp) -> Result<u64, StoreError
     .map(|n| n as u64)
     .map_err(map_err)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_whose_request_never_finished_is_free_again_after_its_pending_time() {
+        let conn = Connection::open_in_memory().unwrap();
+        super::super::migrate(&conn).unwrap();
+        let at = Timestamp::from_millis;
+        let begin = |now| begin(&conn, Channel::Sms, "k", "fp", at(now), at(now + 60_000));
+        assert_eq!(begin(0).unwrap(), IdempotencyBegin::Proceed);
+        // Its process died: nothing finishes it.
+        assert_eq!(begin(59_999).unwrap(), IdempotencyBegin::InProgress);
+        assert_eq!(begin(60_000).unwrap(), IdempotencyBegin::Proceed);
+        finish(
+            &conn,
+            Channel::Sms,
+            "k",
+            "fp",
+            Some("answer"),
+            at(86_400_000),
+        )
+        .unwrap();
+        assert_eq!(
+            begin(70_000).unwrap(),
+            IdempotencyBegin::Replay("answer".into())
+        );
+    }
+}

@@ -13,25 +13,17 @@ pub(super) fn counter(
     key: &str,
     now: Timestamp,
 ) -> Result<Counter, StoreError> {
-    let row = conn
-        .prepare_cached(
-            "SELECT count, resets_at FROM quotas
-             WHERE channel = ?1 AND key = ?2 AND resets_at > ?3",
-        )
+    let (count, resets_at) = conn
+        .prepare_cached("SELECT count, resets_at FROM quotas WHERE channel = ?1 AND key = ?2")
         .and_then(|mut s| {
-            s.query_row(params![channel.as_str(), key, now.millis()], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            s.query_row(params![channel.as_str(), key], |r| {
+                Ok((r.get(0)?, r.get(1)?))
             })
             .optional()
         })
-        .map_err(map_err)?;
-    Ok(match row {
-        Some((count, resets_at)) => Counter {
-            count: count.max(0) as u64,
-            resets_at: Some(Timestamp::from_millis(resets_at)),
-        },
-        None => Counter::default(),
-    })
+        .map_err(map_err)?
+        .unzip();
+    Ok(Counter::stored(count, resets_at, now))
 }
 
 pub(super) fn take(
