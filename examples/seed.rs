@@ -84,6 +84,7 @@ async fn main() {
                     delivery_id: DeliveryId::new(now),
                     content: content.clone(),
                     code: password.clone(),
+                    failure_budget: None,
                 };
                 assert_eq!(
                     store.create_code(code).await.unwrap(),

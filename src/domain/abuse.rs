@@ -100,18 +100,14 @@ impl AbuseSettings {
         quotas
     }
 
-    /// The counter of wrong guesses against `target`, when the budget is on.
-    pub fn failure_counter(&self, target: &str) -> Option<String> {
-        (self.max_failures_per_target > 0).then(|| format!("failures:{target}"))
-    }
-
-    /// One more wrong guess, counted in a window that starts at the first.
-    pub fn failure_quota(&self, key: String, now: Timestamp) -> Quota {
-        Quota {
-            key,
-            limit: u64::MAX,
+    /// The budget of wrong guesses against `target`, when it is on: a window that
+    /// starts at the first failure and refuses at `max_failures_per_target`.
+    pub fn failure_budget(&self, target: &str, now: Timestamp) -> Option<Quota> {
+        (self.max_failures_per_target > 0).then(|| Quota {
+            key: format!("failures:{target}"),
+            limit: self.max_failures_per_target,
             resets_at: now.plus(self.failure_window),
-        }
+        })
     }
 }
 
@@ -128,10 +124,16 @@ mod tests {
                 .send_quotas(Channel::Sms, "1", None, now)
                 .is_empty()
         );
+        let budget = settings.failure_budget("77011234567", now);
         assert_eq!(
-            settings.failure_counter("77011234567").as_deref(),
-            Some("failures:77011234567")
+            budget.map(|q| (q.key, q.limit)),
+            Some(("failures:77011234567".to_owned(), 100))
         );
+        let off = AbuseSettings {
+            max_failures_per_target: 0,
+            ..AbuseSettings::default()
+        };
+        assert_eq!(off.failure_budget("77011234567", now), None);
     }
 
     #[test]

@@ -96,6 +96,7 @@ impl TelegramLink {
                 delivery_id: DeliveryId::new(now),
                 content: link_message(&self.settings.template, &password, self.settings.lifetime),
                 code: password,
+                failure_budget: None,
             };
             let outcome = self
                 .store

@@ -152,21 +152,13 @@ impl OtpService {
             });
         }
         let country = self.admit_phone(req.channel, &req.target)?;
-        // The wrong-guess budget and the pumping detector's counters, in one store call.
-        let budget_key = self.abuse.failure_counter(&target);
         let scopes = self.pumping_scopes(country, req.ip);
-        let mut keys: Vec<String> = budget_key.iter().cloned().collect();
-        keys.extend(self.abuse.pumping.counters_to_read(&scopes, now));
-        let counters = if keys.is_empty() {
+        let pumping_keys = self.abuse.pumping.counters_to_read(&scopes, now);
+        let pumping = if pumping_keys.is_empty() {
             Vec::new()
         } else {
-            self.store.counters(req.channel, &keys, now).await?
+            self.store.counters(req.channel, &pumping_keys, now).await?
         };
-        let (budget, pumping) =
-            counters.split_at(usize::from(budget_key.is_some()).min(counters.len()));
-        if let Some(failures) = budget.first() {
-            self.refuse_if_budget_spent(req.channel, failures, now)?;
-        }
         let quotas = self.abuse.send_quotas(req.channel, &target, country, now);
         let counted: Vec<Quota> = quotas.iter().map(|(_, q)| q.clone()).collect();
         if !counted.is_empty()
@@ -183,13 +175,14 @@ impl OtpService {
                 retry_after_secs: now.secs_until(resets_at).max(1),
             });
         }
-        if let Err(e) = self.watch_for_pumping(req.channel, &scopes, pumping, now) {
+        if let Err(e) = self.watch_for_pumping(req.channel, &scopes, &pumping, now) {
             self.give_back(req.channel, &counted, now).await;
             return Err(e);
         }
         let code = NewCode {
             channel: req.channel,
             hash: self.secret.code_hash(req.channel, &target, &password),
+            failure_budget: self.abuse.failure_budget(&target, now),
             target,
             ip: req.ip,
             now,
@@ -297,7 +290,7 @@ impl OtpService {
 
     async fn store_code(&self, code: NewCode) -> Result<Created, OtpError> {
         let channel = code.channel;
-        let (delivery_id, expires_at) = (code.delivery_id, code.expires_at);
+        let (delivery_id, expires_at, now) = (code.delivery_id, code.expires_at, code.now);
         match self.store.create_code(code).await? {
             CreateOutcome::Created => {
                 self.delivery_wakeup.notify(channel);
@@ -308,6 +301,12 @@ impl OtpService {
             }
             CreateOutcome::IpRequired => Err(OtpError::IpRequired),
             CreateOutcome::Limited(kind, hit) => Err(OtpError::Limited { channel, kind, hit }),
+            CreateOutcome::FailureBudgetSpent { resets_at } => Err(OtpError::FailureBudgetSpent {
+                channel,
+                budget: self.abuse.max_failures_per_target,
+                window: self.abuse.failure_window,
+                retry_after_secs: now.secs_until(resets_at).max(1),
+            }),
         }
     }
 
@@ -321,25 +320,6 @@ impl OtpService {
                 .map(Some)
                 .map_err(|refusal| OtpError::PhoneRefused { channel, refusal }),
             _ => Ok(None),
-        }
-    }
-
-    fn refuse_if_budget_spent(
-        &self,
-        channel: Channel,
-        failures: &Counter,
-        now: Timestamp,
-    ) -> Result<(), OtpError> {
-        match failures.resets_at {
-            Some(resets_at) if failures.count >= self.abuse.max_failures_per_target => {
-                Err(OtpError::FailureBudgetSpent {
-                    channel,
-                    budget: self.abuse.max_failures_per_target,
-                    window: self.abuse.failure_window,
-                    retry_after_secs: now.secs_until(resets_at).max(1),
-                })
-            }
-            _ => Ok(()),
         }
     }
 
@@ -365,39 +345,15 @@ impl OtpService {
             });
         }
         let now = self.clock.now();
-        let failures = match self.abuse.failure_counter(&target) {
-            Some(key) => {
-                let counters = self
-                    .store
-                    .counters(channel, std::slice::from_ref(&key), now)
-                    .await?;
-                let counter = counters.first().copied().unwrap_or_default();
-                if counter.count >= self.abuse.max_failures_per_target {
-                    return Ok(CheckOutcome::AttemptsExceeded);
-                }
-                Some((key, counter.count))
-            }
-            None => None,
-        };
         let check = CodeCheck {
             channel,
             hash: self.secret.code_hash(channel, &target, password),
+            failure_budget: self.abuse.failure_budget(&target, now),
             target,
             now,
             max_attempts: self.settings.max_attempts,
         };
         let outcome = self.store.check_code(check).await?;
-        match (outcome, failures) {
-            (CheckOutcome::InvalidPassword, Some((key, _))) => {
-                let quota = self.abuse.failure_quota(key, now);
-                self.store.take_quotas(channel, &[quota], now).await?;
-            }
-            // The budget is of consecutive failures (NIST SP 800-63B): a success ends it.
-            (CheckOutcome::Verified, Some((key, count))) if count > 0 => {
-                self.store.reset_counter(channel, &key).await?;
-            }
-            _ => {}
-        }
         if outcome == CheckOutcome::Verified {
             let scopes = self.pumping_scopes(country, ip);
             let verified = self.abuse.pumping.count_verified(&scopes, now);

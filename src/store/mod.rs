@@ -49,6 +49,8 @@ pub struct NewCode {
     pub content: MessageContent,
     /// Kept with the message so that providers' error texts can be scrubbed of it.
     pub code: Password,
+    /// The target's wrong-guess budget, when it is on: a target past it is refused.
+    pub failure_budget: Option<Quota>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +59,10 @@ pub enum CreateOutcome {
     /// IP rules exist for the channel but the request named no `ip`.
     IpRequired,
     Limited(LimitKind, LimitHit),
+    /// The target spent its wrong-guess budget; it refills at `resets_at`.
+    FailureBudgetSpent {
+        resets_at: Timestamp,
+    },
 }
 
 /// A code the Telegram bot hands to a chat: `code.hash` is the code-only `link_hash`,
@@ -103,6 +109,10 @@ pub struct CodeCheck {
     pub hash: CodeHash,
     pub now: Timestamp,
     pub max_attempts: u32,
+    /// The target's wrong-guess budget across its codes, when it is on: past it every
+    /// check is `AttemptsExceeded`; a wrong guess counts one, a right one empties it.
+    /// Judged in the check's own step, so that a check is one store call.
+    pub failure_budget: Option<Quota>,
 }
 
 /// Jobs a store operation ended by itself, per channel (indexed as `Channel::ALL`):
@@ -159,6 +169,11 @@ impl Counter {
             _ => Counter::default(),
         }
     }
+
+    /// When a counter that reached `limit` lets through again; `None` while under it.
+    pub fn used_up(&self, limit: u64) -> Option<Timestamp> {
+        self.resets_at.filter(|_| self.count >= limit)
+    }
 }
 
 /// What a create with an `Idempotency-Key` finds when it begins.
@@ -208,11 +223,12 @@ pub struct HistoryEntry {
 
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Checks the send limits, stores the code (keeping the newest `max_active`), resets
+    /// Checks the failure budget and the send limits, stores the code (keeping the newest `max_active`), resets
     /// the wrong-guess count, records the send and enqueues the delivery, all or nothing.
     async fn create_code(&self, code: NewCode) -> Result<CreateOutcome, StoreError>;
 
-    /// Compares, counts a failure or spends, per `domain::verification::decide_check`.
+    /// Compares, counts a failure or spends, per `domain::verification::decide_check`,
+    /// and keeps the failure budget's count.
     async fn check_code(&self, check: CodeCheck) -> Result<CheckOutcome, StoreError>;
 
     async fn limit_rules(&self, channel: Channel) -> Result<LimitRules, StoreError>;
@@ -284,8 +300,6 @@ pub trait Store: Send + Sync {
         keys: &[String],
         now: Timestamp,
     ) -> Result<Vec<Counter>, StoreError>;
-
-    async fn reset_counter(&self, channel: Channel, key: &str) -> Result<(), StoreError>;
 
     /// Claims `key` for a request with this `fingerprint` until `pending_until` (after
     /// which a crashed request's key may be used again), or says what holds it.

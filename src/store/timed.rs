@@ -144,11 +144,6 @@ impl Store for TimedStore {
             .await
     }
 
-    async fn reset_counter(&self, channel: Channel, key: &str) -> Result<(), StoreError> {
-        self.timed("reset_counter", self.inner.reset_counter(channel, key))
-            .await
-    }
-
     async fn begin_idempotent(
         &self,
         channel: Channel,

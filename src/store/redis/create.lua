@@ -1,7 +1,12 @@
--- Create a code. KEYS: rules, ip sends, target sends, codes, guesses, queue, job, msg.
--- ARGV: now, expires_at, max_active, hash (hex), has_ip, send member, default target
--- rules (JSON), delivery id, channel, target, payload, retention (ms).
+-- Create a code. KEYS: rules, ip sends, target sends, codes, guesses, queue, job, msg,
+-- and the target's failure budget when it is on. ARGV: now, expires_at, max_active, hash
+-- (hex), has_ip, send member, default target rules (JSON), delivery id, channel, target,
+-- payload, retention (ms), the budget's limit.
 local now, expires = tonumber(ARGV[1]), tonumber(ARGV[2])
+if KEYS[9] then
+  local failures, resets_at = counted(KEYS[9], now)
+  if failures >= tonumber(ARGV[13]) then return {'failure_budget', resets_at} end
+end
 local ip_rules = rules_from(redis.call('HGET', KEYS[1], 'ip'))
 local target_rules = rules_from(redis.call('HGET', KEYS[1], 'target') or ARGV[7])
 if #ip_rules > 0 then

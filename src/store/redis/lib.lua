@@ -84,3 +84,24 @@ local function expire_job(job, msg, now, retention)
   redis.call('ZREM', string.sub(job, 1, string.find(job, ':job:', 1, true) - 1) .. ':unfinished',
     string.sub(job, string.find(job, ':job:', 1, true) + 5))
 end
+
+-- Quotas and counters are hashes {count, resets_at}; a counter past its resets_at counts
+-- as zero, by the application's clock, as the SQLite store does.
+local function counted(key, now)
+  local state = redis.call('HMGET', key, 'count', 'resets_at')
+  if state[2] and tonumber(state[2]) > now then
+    return tonumber(state[1]), tonumber(state[2])
+  end
+  return 0, nil
+end
+
+-- Counts one against a counter whatever its limit; one past its reset starts again,
+-- ending at `resets_at`.
+local function count_one(key, resets_at, now)
+  if select(2, counted(key, now)) then
+    redis.call('HINCRBY', key, 'count', 1)
+  else
+    redis.call('HSET', key, 'count', 1, 'resets_at', resets_at)
+    redis.call('PEXPIRE', key, ttl(resets_at, now))
+  end
+end

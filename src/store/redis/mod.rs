@@ -156,17 +156,19 @@ fn rules_in_force(
 
 /// `{'limited', minutes, rate, retry_after_secs}` (from `at` on) into a hit.
 fn limit_hit(fields: &[Value], at: usize) -> Result<LimitHit, StoreError> {
-    let number = |i: usize| -> Result<i64, StoreError> {
-        fields
-            .get(at + i)
-            .and_then(|v| i64::from_redis_value(v).ok())
-            .ok_or_else(|| StoreError::Internal("a malformed limit answer from Redis".into()))
-    };
-    let rule = Rule::new(number(0)?, number(1)?).map_err(StoreError::Internal)?;
+    let rule =
+        Rule::new(number(fields, at)?, number(fields, at + 1)?).map_err(StoreError::Internal)?;
     Ok(LimitHit {
         rule,
-        retry_after_secs: number(2)?.max(1) as u64,
+        retry_after_secs: number(fields, at + 2)?.max(1) as u64,
     })
+}
+
+fn number(fields: &[Value], i: usize) -> Result<i64, StoreError> {
+    fields
+        .get(i)
+        .and_then(|v| i64::from_redis_value(v).ok())
+        .ok_or_else(|| StoreError::Internal("a malformed answer from Redis".into()))
 }
 
 fn text(fields: &[Value], i: usize) -> Result<String, StoreError> {
@@ -203,9 +205,15 @@ impl Store for RedisStore {
             .arg(&code.target)
             .arg(Payload::encode(&code)?)
             .arg(RETENTION.as_millis() as u64);
+        if let Some(budget) = &code.failure_budget {
+            call.key(self.quota_key(ch, &budget.key)).arg(budget.limit);
+        }
         let answer: Vec<Value> = self.conn.invoke(&mut call).await?;
         match text(&answer, 0)?.as_str() {
             "created" => Ok(CreateOutcome::Created),
+            "failure_budget" => Ok(CreateOutcome::FailureBudgetSpent {
+                resets_at: Timestamp::from_millis(number(&answer, 1)?),
+            }),
             "ip_required" => Ok(CreateOutcome::IpRequired),
             "limited" => {
                 let kind = match text(&answer, 1)?.as_str() {
@@ -226,6 +234,11 @@ impl Store for RedisStore {
             .arg(check.now.millis())
             .arg(hex::encode(check.hash.0))
             .arg(check.max_attempts);
+        if let Some(budget) = &check.failure_budget {
+            call.key(self.quota_key(ch, &budget.key))
+                .arg(budget.limit)
+                .arg(budget.resets_at.millis());
+        }
         let answer: String = self.conn.invoke(&mut call).await?;
         match answer.as_str() {
             "verified" => Ok(CheckOutcome::Verified),
@@ -449,17 +462,11 @@ impl Store for RedisStore {
                 .arg(quota.resets_at.millis());
         }
         let answer: Vec<Value> = self.conn.invoke(&mut call).await?;
-        let number = |i: usize| {
-            answer
-                .get(i)
-                .and_then(|v| i64::from_redis_value(v).ok())
-                .ok_or_else(|| StoreError::Internal("a malformed answer from Redis".into()))
-        };
         match text(&answer, 0)?.as_str() {
             "taken" => Ok(QuotaOutcome::Taken),
             "exhausted" => Ok(QuotaOutcome::Exhausted {
-                index: number(1)? as usize,
-                resets_at: Timestamp::from_millis(number(2)?),
+                index: number(&answer, 1)? as usize,
+                resets_at: Timestamp::from_millis(number(&answer, 2)?),
             }),
             other => Err(StoreError::Internal(format!("unexpected answer {other:?}"))),
         }
@@ -504,13 +511,6 @@ impl Store for RedisStore {
             .into_iter()
             .map(|(count, resets_at)| Counter::stored(count, resets_at, now))
             .collect())
-    }
-
-    async fn reset_counter(&self, channel: Channel, key: &str) -> Result<(), StoreError> {
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(self.quota_key(channel, key));
-        let _: i64 = self.conn.query(&cmd).await?;
-        Ok(())
     }
 
     async fn begin_idempotent(

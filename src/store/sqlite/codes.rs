@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, params};
 
-use super::{deliveries, limits, map_err};
+use super::{deliveries, limits, map_err, quotas};
 use crate::clock::Timestamp;
 use crate::domain::Channel;
 use crate::domain::limits::LimitKind;
@@ -11,6 +11,12 @@ use crate::domain::verification::{CheckEffect, CheckOutcome, GuessState, decide_
 use crate::store::{CodeCheck, CreateOutcome, NewCode, StoreError};
 
 pub(super) fn create(conn: &Connection, code: &NewCode) -> Result<CreateOutcome, StoreError> {
+    if let Some(budget) = &code.failure_budget {
+        let failures = quotas::counter(conn, code.channel, &budget.key, code.now)?;
+        if let Some(resets_at) = failures.used_up(budget.limit) {
+            return Ok(CreateOutcome::FailureBudgetSpent { resets_at });
+        }
+    }
     let rules = limits::load(conn, code.channel)?;
     let ip = code.ip.map(|ip| ip.to_string());
     if !rules.ips.is_empty() {
@@ -81,6 +87,26 @@ pub(super) fn create(conn: &Connection, code: &NewCode) -> Result<CreateOutcome,
 }
 
 pub(super) fn check(conn: &Connection, check: &CodeCheck) -> Result<CheckOutcome, StoreError> {
+    let Some(budget) = &check.failure_budget else {
+        return check_live_codes(conn, check);
+    };
+    let failures = quotas::counter(conn, check.channel, &budget.key, check.now)?;
+    if failures.count >= budget.limit {
+        return Ok(CheckOutcome::AttemptsExceeded);
+    }
+    let outcome = check_live_codes(conn, check)?;
+    match outcome {
+        CheckOutcome::InvalidPassword => quotas::count_one(conn, check.channel, budget, check.now)?,
+        // The budget is of consecutive failures (NIST SP 800-63B): a success ends it.
+        CheckOutcome::Verified if failures.count > 0 => {
+            quotas::reset(conn, check.channel, &budget.key)?
+        }
+        _ => {}
+    }
+    Ok(outcome)
+}
+
+fn check_live_codes(conn: &Connection, check: &CodeCheck) -> Result<CheckOutcome, StoreError> {
     let channel = check.channel.as_str();
     let now = check.now.millis();
     let state = conn

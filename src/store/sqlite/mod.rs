@@ -341,13 +341,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn reset_counter(&self, channel: Channel, key: &str) -> Result<(), StoreError> {
-        let key = key.to_owned();
-        self.writer
-            .call(move |conn| quotas::reset(conn, channel, &key))
-            .await
-    }
-
     async fn begin_idempotent(
         &self,
         channel: Channel,

@@ -42,25 +42,36 @@ pub(super) fn take(
         }
     }
     for quota in quotas {
-        // A counter past its reset starts again, with this quota's window.
-        conn.prepare_cached(
-            "INSERT INTO quotas (channel, key, count, resets_at) VALUES (?1, ?2, 1, ?3)
-             ON CONFLICT (channel, key) DO UPDATE SET
-                 count = CASE WHEN resets_at <= ?4 THEN 1 ELSE count + 1 END,
-                 resets_at = CASE WHEN resets_at <= ?4 THEN excluded.resets_at
-                                  ELSE resets_at END",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                channel.as_str(),
-                quota.key,
-                quota.resets_at.millis(),
-                now.millis()
-            ])
-        })
-        .map_err(map_err)?;
+        count_one(conn, channel, quota, now)?;
     }
     Ok(QuotaOutcome::Taken)
+}
+
+/// Counts one against `quota` whatever its limit; a counter past its reset starts
+/// again, with this quota's window.
+pub(super) fn count_one(
+    conn: &Connection,
+    channel: Channel,
+    quota: &Quota,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO quotas (channel, key, count, resets_at) VALUES (?1, ?2, 1, ?3)
+         ON CONFLICT (channel, key) DO UPDATE SET
+             count = CASE WHEN resets_at <= ?4 THEN 1 ELSE count + 1 END,
+             resets_at = CASE WHEN resets_at <= ?4 THEN excluded.resets_at
+                              ELSE resets_at END",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            channel.as_str(),
+            quota.key,
+            quota.resets_at.millis(),
+            now.millis()
+        ])
+    })
+    .map_err(map_err)?;
+    Ok(())
 }
 
 pub(super) fn give_back(
