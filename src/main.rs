@@ -6,6 +6,11 @@ use otpd::config::{Cli, Command, LogFormat, TelegramCommand};
 use otpd::{App, Deps};
 use tracing_subscriber::EnvFilter;
 
+// glibc's allocator took ~15 % of the request threads' time under load (profiled in
+// BENCHMARKS.md); every request allocates its headers, body and answer.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
