@@ -16,12 +16,14 @@ local jobs, expired, failed = {}, 0, 0
 -- Leases a job for sending, or ends an entry that has nothing left to send.
 local function take(entry, id)
   local job, msg = tag .. ':job:' .. id, tag .. ':msg:' .. id
-  local state = redis.call('HGET', job, 'state')
+  -- One read of every field the decision and the answer need.
+  local fields = redis.call('HMGET', job, 'state', 'expires_at', 'target', 'created_at')
+  local state, expires_at = fields[1], fields[2]
   local payload = redis.call('GET', msg)
   local finished = true
   if state ~= 'queued' and state ~= 'sending' then
     -- ended meanwhile (or gone): nothing to do
-  elseif tonumber(redis.call('HGET', job, 'expires_at')) <= now then
+  elseif tonumber(expires_at) <= now then
     -- A code that has expired is worthless to its recipient: do not send it late.
     expire_job(job, msg, now, retention)
     expired = expired + 1
@@ -37,8 +39,7 @@ local function take(entry, id)
     local attempts = redis.call('HINCRBY', job, 'attempts', 1)
     redis.call('HSET', job, 'state', 'sending', 'lease_until', ARGV[2], 'updated_at', now,
       'entry', entry)
-    table.insert(jobs, {id, redis.call('HGET', job, 'target'), payload, tostring(attempts),
-      redis.call('HGET', job, 'expires_at'), redis.call('HGET', job, 'created_at')})
+    table.insert(jobs, {id, fields[3], payload, tostring(attempts), expires_at, fields[4]})
   end
   if finished then
     redis.call('XACK', queue, group, entry)

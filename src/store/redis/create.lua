@@ -7,8 +7,9 @@ if KEYS[9] then
   local failures, resets_at = counted(KEYS[9], now)
   if failures >= tonumber(ARGV[13]) then return {'failure_budget', resets_at} end
 end
-local ip_rules = rules_from(redis.call('HGET', KEYS[1], 'ip'))
-local target_rules = rules_from(redis.call('HGET', KEYS[1], 'target') or ARGV[7])
+local stored = redis.call('HMGET', KEYS[1], 'ip', 'target')
+local ip_rules = rules_from(stored[1])
+local target_rules = rules_from(stored[2] or ARGV[7])
 if #ip_rules > 0 then
   if ARGV[5] ~= '1' then return {'ip_required'} end
   local hit = limit_hit(KEYS[2], ip_rules, now)
@@ -19,14 +20,15 @@ if hit then return {'limited', 'target', hit[1], hit[2], hit[3]} end
 
 -- Live codes, newest first, at most max_active: "hash:expires_at".
 local kept, latest = {ARGV[4] .. ':' .. ARGV[2]}, expires
-for _, entry in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+local held = redis.call('LRANGE', KEYS[4], 0, -1)
+for _, entry in ipairs(held) do
   local until_ = tonumber(string.sub(entry, 66))
   if until_ > now and #kept < tonumber(ARGV[3]) then
     table.insert(kept, entry)
     latest = math.max(latest, until_)
   end
 end
-redis.call('DEL', KEYS[4])
+if #held > 0 then redis.call('DEL', KEYS[4]) end
 redis.call('RPUSH', KEYS[4], unpack(kept))
 redis.call('PEXPIRE', KEYS[4], ttl(latest, now))
 -- A new send starts a new round of guesses.

@@ -3,28 +3,34 @@
 -- delivery id, then one history entry (JSON) per provider asked.
 -- Returns 0 when the job's lease was taken over meanwhile (nothing is written).
 local job = KEYS[1]
-if redis.call('HGET', job, 'state') ~= 'sending'
-    or redis.call('HGET', job, 'attempts') ~= ARGV[1] then
+local held = redis.call('HMGET', job, 'state', 'attempts', 'entry')
+if held[1] ~= 'sending' or held[2] ~= ARGV[1] then
   return 0
 end
-local entry = redis.call('HGET', job, 'entry')
+local entry = held[3]
 if entry then
   redis.call('XACK', KEYS[3], 'workers', entry)
   redis.call('XDEL', KEYS[3], entry)
 end
-redis.call('HDEL', job, 'lease_until', 'entry')
-redis.call('HSET', job, 'state', ARGV[2], 'updated_at', ARGV[7])
-if ARGV[3] ~= '' then redis.call('HSET', job, 'provider', ARGV[3]) end
+-- One write of the fields set and one of those cleared (each call costs more than its
+-- fields).
+local set, clear = {'state', ARGV[2], 'updated_at', ARGV[7]}, {'lease_until', 'entry'}
+if ARGV[3] ~= '' then table.insert(set, 'provider'); table.insert(set, ARGV[3]) end
 if ARGV[4] ~= '' then
-  redis.call('HSET', job, 'provider_message_id', ARGV[4])
+  table.insert(set, 'provider_message_id'); table.insert(set, ARGV[4])
 else
-  redis.call('HDEL', job, 'provider_message_id')
+  table.insert(clear, 'provider_message_id')
 end
 if ARGV[5] ~= '' then
-  redis.call('HSET', job, 'error', ARGV[5])
+  table.insert(set, 'error'); table.insert(set, ARGV[5])
 else
-  redis.call('HDEL', job, 'error')
+  table.insert(clear, 'error')
 end
+if ARGV[2] == 'queued' then
+  table.insert(set, 'next_attempt_at'); table.insert(set, ARGV[6])
+end
+redis.call('HDEL', job, unpack(clear))
+redis.call('HSET', job, unpack(set))
 for i = 10, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
 -- The first 10 entries and the latest 40 (outbox::cap_history).
 while redis.call('LLEN', KEYS[2]) > 50 do
@@ -32,7 +38,6 @@ while redis.call('LLEN', KEYS[2]) > 50 do
   redis.call('LREM', KEYS[2], 1, '\0drop')
 end
 if ARGV[2] == 'queued' then
-  redis.call('HSET', job, 'next_attempt_at', ARGV[6])
   redis.call('ZADD', KEYS[4], ARGV[6], ARGV[9])
   redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', job))
 else
