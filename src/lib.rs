@@ -202,14 +202,14 @@ impl App {
         let auth = config
             .basic_auth()
             .map(|(user, pass)| http::BasicAuth::new(user, pass));
-        let state = http::AppState {
+        let state = http::AppState::new(http::Services {
             otp,
             link: link.clone(),
             webhook: Arc::new(webhook),
             store: store.clone(),
             metrics: metrics.clone(),
             clock: deps.clock.clone(),
-        };
+        });
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some((
                 tokio::net::TcpListener::bind(addr)

@@ -87,10 +87,34 @@ struct Histogram {
     sum: f64,
 }
 
+/// Per family, its series. Found by comparing labels in place, so that counting a
+/// series that exists allocates nothing: every request counts two or three.
 #[derive(Default)]
 struct Series {
-    counters: BTreeMap<(&'static str, Labels), u64>,
-    histograms: BTreeMap<(&'static str, Labels), Histogram>,
+    counters: BTreeMap<&'static str, Vec<(Labels, u64)>>,
+    histograms: BTreeMap<&'static str, Vec<(Labels, Histogram)>>,
+}
+
+/// The value of the series `pairs` names, made (zero) if new.
+fn series<'a, T: Default>(
+    family: &'a mut Vec<(Labels, T)>,
+    pairs: &[(&'static str, &str)],
+) -> &'a mut T {
+    let same = |labels: &Labels| {
+        labels.len() == pairs.len()
+            && labels
+                .iter()
+                .zip(pairs)
+                .all(|((k, v), (pk, pv))| k == pk && v == pv)
+    };
+    let index = match family.iter().position(|(labels, _)| same(labels)) {
+        Some(i) => i,
+        None => {
+            family.push((labels(pairs), T::default()));
+            family.len() - 1
+        }
+    };
+    &mut family[index].1
 }
 
 #[derive(Default)]
@@ -115,15 +139,15 @@ impl Metrics {
     }
 
     pub fn add(&self, name: &'static str, pairs: &[(&'static str, &str)], n: u64) {
-        if let Ok(mut series) = self.series.lock() {
-            *series.counters.entry((name, labels(pairs))).or_default() += n;
+        if let Ok(mut all) = self.series.lock() {
+            *series(all.counters.entry(name).or_default(), pairs) += n;
         }
     }
 
     pub fn observe(&self, name: &'static str, pairs: &[(&'static str, &str)], took: Duration) {
         let secs = took.as_secs_f64();
-        if let Ok(mut series) = self.series.lock() {
-            let h = series.histograms.entry((name, labels(pairs))).or_default();
+        if let Ok(mut all) = self.series.lock() {
+            let h = series(all.histograms.entry(name).or_default(), pairs);
             for (i, bound) in BUCKETS.iter().enumerate() {
                 if secs <= *bound {
                     h.buckets[i] += 1;
@@ -143,15 +167,16 @@ impl Metrics {
         for (family, kind, help) in FAMILIES {
             let _ = writeln!(out, "# HELP {family} {help}");
             let _ = writeln!(out, "# TYPE {family} {kind}");
-            for ((name, labels), value) in &series.counters {
-                if name == family {
-                    let _ = writeln!(out, "{name}{} {value}", render_labels(labels, None));
-                }
+            let name = *family;
+            let mut counters: Vec<_> = series.counters.get(name).into_iter().flatten().collect();
+            counters.sort_by(|a, b| a.0.cmp(&b.0));
+            for (labels, value) in counters {
+                let _ = writeln!(out, "{name}{} {value}", render_labels(labels, None));
             }
-            for ((name, labels), h) in &series.histograms {
-                if name != family {
-                    continue;
-                }
+            let mut histograms: Vec<_> =
+                series.histograms.get(name).into_iter().flatten().collect();
+            histograms.sort_by(|a, b| a.0.cmp(&b.0));
+            for (labels, h) in histograms {
                 for (bound, n) in BUCKETS.iter().zip(h.buckets) {
                     let le = format!("{bound}");
                     let _ = writeln!(out, "{name}_bucket{} {n}", render_labels(labels, Some(&le)));

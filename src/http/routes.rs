@@ -303,8 +303,10 @@ pub fn route_of(path: &str) -> Option<&'static str> {
             }
         }
     };
+    // Most requests are to a fixed path: a plain comparison finds those first.
     patterns
         .iter()
-        .find(|pattern| matches(pattern))
+        .find(|pattern| pattern.as_str() == path)
+        .or_else(|| patterns.iter().find(|pattern| matches(pattern)))
         .map(String::as_str)
 }

@@ -324,10 +324,8 @@ fn run_all(
         // A panic leaves the savepoint open, and some errors (disk full, I/O) make
         // SQLite roll the whole transaction back; either way, nothing after this point
         // may run, or it would commit on its own outside the batch.
-        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            op.run(conn, isolation)
-        }))
-        .map_err(|_| StoreError::Internal("a store operation panicked".into()))?;
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.run(conn, isolation)))
+            .map_err(|_| StoreError::Internal("a store operation panicked".into()))?;
         if conn.is_autocommit() {
             return Err(StoreError::Unavailable(
                 "the store rolled the transaction back".into(),
@@ -426,7 +424,11 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(stored, [1, 2], "each operation once, the failed one not at all");
+        assert_eq!(
+            stored,
+            [1, 2],
+            "each operation once, the failed one not at all"
+        );
     }
 
     #[test]
