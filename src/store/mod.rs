@@ -124,6 +124,17 @@ pub struct EndedJobs {
     pub failed: [u64; 4],
 }
 
+impl EndedJobs {
+    pub fn add(&mut self, other: &EndedJobs) {
+        for (mine, theirs) in self.expired.iter_mut().zip(other.expired) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.failed.iter_mut().zip(other.failed) {
+            *mine += theirs;
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxStats {
     pub channel: Channel,

@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, params};
 
-use super::{deliveries, limits, map_err, quotas};
+use super::{Purged, delete_step, deliveries, limits, map_err, quotas};
 use crate::clock::Timestamp;
 use crate::domain::Channel;
 use crate::domain::limits::LimitKind;
@@ -195,12 +195,25 @@ fn delete_codes(conn: &Connection, channel: &str, target: &str) -> Result<(), St
     Ok(())
 }
 
-pub(super) fn purge(conn: &Connection, now: Timestamp) -> Result<u64, StoreError> {
-    let codes = conn
-        .execute("DELETE FROM codes WHERE expires_at <= ?1", [now.millis()])
-        .map_err(map_err)?;
-    let guesses = conn
-        .execute("DELETE FROM guesses WHERE expires_at <= ?1", [now.millis()])
-        .map_err(map_err)?;
-    Ok((codes + guesses) as u64)
+pub(super) fn purge(
+    conn: &Connection,
+    now: Timestamp,
+    purged: &mut Purged,
+) -> Result<(), StoreError> {
+    purged.add(delete_step(
+        conn,
+        "codes",
+        "id",
+        "expires_at <= ?1",
+        [now.millis()],
+    )?);
+    let guesses = delete_step(
+        conn,
+        "guesses",
+        "channel, target",
+        "expires_at <= ?1",
+        [now.millis()],
+    )?;
+    purged.add(guesses);
+    Ok(())
 }

@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::map_err;
+use super::{Purged, delete_step, map_err};
 use crate::clock::Timestamp;
 use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob, DeliveryState};
 use crate::domain::Channel;
@@ -277,7 +277,8 @@ pub(super) fn purge(
     now: Timestamp,
     before: Timestamp,
     ended: &mut EndedJobs,
-) -> Result<u64, StoreError> {
+    purged: &mut Purged,
+) -> Result<(), StoreError> {
     for channel in Channel::ALL {
         ended.expired[channel as usize] += expire_lapsed(conn, channel, now)?;
     }
@@ -285,19 +286,19 @@ pub(super) fn purge(
     // (channel, state, expires_at) index: one statement with an OR read every row, and
     // with 2.6 million jobs held the writer for a second each sweep (the benchmark's
     // p99). A job goes `before` (a day) after its code expired, as on Redis.
-    let mut n = 0;
     for channel in Channel::ALL {
         for state in ["sent", "failed", "expired", "queued", "sending"] {
-            n += conn
-                .prepare_cached(
-                    "DELETE FROM deliveries
-                     WHERE channel = ?1 AND state = ?2 AND expires_at <= ?3",
-                )
-                .and_then(|mut s| s.execute(params![channel.as_str(), state, before.millis()]))
-                .map_err(map_err)?;
+            let jobs = delete_step(
+                conn,
+                "deliveries",
+                "id",
+                "channel = ?1 AND state = ?2 AND expires_at <= ?3",
+                params![channel.as_str(), state, before.millis()],
+            )?;
+            purged.add(jobs);
         }
     }
-    Ok(n as u64)
+    Ok(())
 }
 
 /// Unfinished jobs per channel, and when the oldest was created.

@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::map_err;
+use super::{Purged, delete_step, map_err};
 use crate::clock::Timestamp;
 use crate::domain::Channel;
 use crate::store::{IdempotencyBegin, StoreError};
@@ -83,13 +83,20 @@ pub(super) fn finish(
     result.map(|_| ()).map_err(map_err)
 }
 
-pub(super) fn purge(conn: &Connection, now: Timestamp) -> Result<u64, StoreError> {
-    conn.execute(
-        "DELETE FROM idempotency WHERE expires_at <= ?1",
+pub(super) fn purge(
+    conn: &Connection,
+    now: Timestamp,
+    purged: &mut Purged,
+) -> Result<(), StoreError> {
+    let keys = delete_step(
+        conn,
+        "idempotency",
+        "channel, key",
+        "expires_at <= ?1",
         [now.millis()],
-    )
-    .map(|n| n as u64)
-    .map_err(map_err)
+    )?;
+    purged.add(keys);
+    Ok(())
 }
 
 #[cfg(test)]

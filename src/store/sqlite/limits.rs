@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, params};
 
-use super::map_err;
+use super::{Purged, delete_step, map_err};
 use crate::clock::Timestamp;
 use crate::domain::Channel;
 use crate::domain::limits::{LimitHit, LimitKind, LimitRules, LimitRulesUpdate, RuleSet};
@@ -108,7 +108,11 @@ pub(super) fn record_send(
 
 /// Drops sends older than the longest window of any rule in force (at least the
 /// default's), since no rule can count them any more.
-pub(super) fn purge_sends(conn: &Connection, now: Timestamp) -> Result<u64, StoreError> {
+pub(super) fn purge_sends(
+    conn: &Connection,
+    now: Timestamp,
+    purged: &mut Purged,
+) -> Result<(), StoreError> {
     let mut keep = LimitRules::default().targets.longest_window();
     for channel in Channel::ALL {
         let rules = load(conn, channel)?;
@@ -117,8 +121,12 @@ pub(super) fn purge_sends(conn: &Connection, now: Timestamp) -> Result<u64, Stor
             .max(rules.targets.longest_window());
     }
     let cutoff = now.minus(keep.max(Duration::from_secs(60)));
-    let n = conn
-        .execute("DELETE FROM sends WHERE at <= ?1", [cutoff.millis()])
-        .map_err(map_err)?;
-    Ok(n as u64)
+    purged.add(delete_step(
+        conn,
+        "sends",
+        "rowid",
+        "at <= ?1",
+        [cutoff.millis()],
+    )?);
+    Ok(())
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{deliveries, limits, map_err};
+use super::{Purged, delete_step, deliveries, limits, map_err};
 use crate::clock::Timestamp;
 use crate::domain::Channel;
 use crate::domain::limits::LimitKind;
@@ -158,18 +158,26 @@ pub(super) fn take(
 }
 
 /// Expired codes, and handled updates old enough that Telegram no longer resends them.
-pub(super) fn purge(conn: &Connection, now: Timestamp) -> Result<u64, StoreError> {
-    let codes = conn
-        .execute(
-            "DELETE FROM link_codes WHERE expires_at <= ?1",
-            [now.millis()],
-        )
-        .map_err(map_err)?;
-    let updates = conn
-        .execute(
-            "DELETE FROM telegram_updates WHERE handled_at <= ?1",
-            [now.minus(HANDLED_UPDATES_KEPT).millis()],
-        )
-        .map_err(map_err)?;
-    Ok((codes + updates) as u64)
+pub(super) fn purge(
+    conn: &Connection,
+    now: Timestamp,
+    purged: &mut Purged,
+) -> Result<(), StoreError> {
+    let codes = delete_step(
+        conn,
+        "link_codes",
+        "hash",
+        "expires_at <= ?1",
+        [now.millis()],
+    )?;
+    purged.add(codes);
+    let updates = delete_step(
+        conn,
+        "telegram_updates",
+        "update_id",
+        "handled_at <= ?1",
+        [now.minus(HANDLED_UPDATES_KEPT).millis()],
+    )?;
+    purged.add(updates);
+    Ok(())
 }

@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::map_err;
+use super::{Purged, delete_step, map_err};
 use crate::clock::Timestamp;
 use crate::domain::Channel;
 use crate::store::{Counter, Quota, QuotaOutcome, StoreError};
@@ -98,8 +98,18 @@ pub(super) fn reset(conn: &Connection, channel: Channel, key: &str) -> Result<()
     Ok(())
 }
 
-pub(super) fn purge(conn: &Connection, now: Timestamp) -> Result<u64, StoreError> {
-    conn.execute("DELETE FROM quotas WHERE resets_at <= ?1", [now.millis()])
-        .map(|n| n as u64)
-        .map_err(map_err)
+pub(super) fn purge(
+    conn: &Connection,
+    now: Timestamp,
+    purged: &mut Purged,
+) -> Result<(), StoreError> {
+    let quotas = delete_step(
+        conn,
+        "quotas",
+        "channel, key",
+        "resets_at <= ?1",
+        [now.millis()],
+    )?;
+    purged.add(quotas);
+    Ok(())
 }
