@@ -131,6 +131,23 @@ def redis_server():
     raise SystemExit("redis-server did not start")
 
 
+def settled(store, timeout=900):
+    """Waits until Redis is not rewriting its append-only file: seeding millions of keys
+    sets off a rewrite (a forked child busy for minutes on one of the two cores), which
+    halved the live-code figures of a full run that measured beside it."""
+    if not store.startswith("redis://"):
+        return
+    port = store.rsplit(":", 1)[1]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        info = subprocess.run(["redis-cli", "-p", port, "INFO", "persistence"],
+                              capture_output=True, text=True).stdout
+        if "aof_rewrite_in_progress:0" in info and "aof_rewrite_scheduled:0" in info:
+            return
+        time.sleep(0.5)
+    raise SystemExit("Redis did not finish rewriting its append-only file")
+
+
 def seed(store, count, first_phone, prefix, delivered=True):
     """Seeds codes; unless they are for the delivery run, their jobs are marked sent
     right away, so that otpd does not drain them during (or before) the measured runs."""
@@ -138,6 +155,7 @@ def seed(store, count, first_phone, prefix, delivered=True):
     subprocess.run([SEED, store, str(count), str(first_phone), prefix] + flags,
                    env={**os.environ, "OTP_SECRET": SECRET}, check=True,
                    stderr=subprocess.DEVNULL)
+    settled(store)
 
 
 def otpd(store, prefix, extra=None):
@@ -185,7 +203,8 @@ def checks_by_outcome(base):
             re.findall(r'otpd_checks_total\{channel="sms",outcome="(\w+)"\} (\d+)', text)}
 
 
-def create_and_check(label, base, phones):
+def create_and_check(label, store, base, phones):
+    settled(store)
     row = wrk(f"{label} POST /sms (create)", base,
               ["POST", "/sms", phones["create"], str(4_000_000), "123456"])
     if row["non_2xx"]:
@@ -193,6 +212,7 @@ def create_and_check(label, base, phones):
     # The creates' messages may still be queued (Redis sends slower than it creates):
     # draining them during the check runs would measure both at once.
     row["drain_after_s"] = round(drained(base), 1)
+    settled(store)
     before = checks_by_outcome(base)
     right = wrk(f"{label} GET /sms/check right code", base,
                 ["GET", "/sms/check", phones["right"], str(CHECK_STRIDE), "123456"])
@@ -202,6 +222,7 @@ def create_and_check(label, base, phones):
         "invalid_password", 0) + after.get("attempts_exceeded", 0) - sum(before.values()))
     print(f"  {'':<44} {right['verified_share']:.0%} of those checks verified a code",
           flush=True)
+    settled(store)
     wrk(f"{label} GET /sms/check wrong code", base,
         ["GET", "/sms/check", phones["wrong"], str(CHECK_STRIDE), "000000"])
 
@@ -212,14 +233,14 @@ def store_run(label, store, prefix):
     proc, base = otpd(store, prefix)
     figures = {"idle_rss_mib": rss_mib(proc.proc.pid)}
     drained(base)
-    create_and_check(label, base, EMPTY_STORE)
+    create_and_check(label, store, base, EMPTY_STORE)
     proc.stop()
     print(f"  seeding {LIVE_CODES} live codes ...", flush=True)
     seed(store, LIVE_CODES, int(LIVE_SEEDED + "0000000"), prefix)
     seed_checks(store, prefix, LIVE_STORE)
     proc, base = otpd(store, prefix)
     drained(base)
-    create_and_check(f"{label} +{LIVE_CODES // 1000}k live", base, LIVE_STORE)
+    create_and_check(f"{label} +{LIVE_CODES // 1000}k live", store, base, LIVE_STORE)
     figures["rss_after_live_codes_mib"] = rss_mib(proc.proc.pid)
     proc.stop()
     return figures
