@@ -35,11 +35,11 @@ end
 
 local budget = KEYS[3]
 if not budget then return decide() end
-local spent = counted(budget, now)
+local spent, running = counted(budget, now)
 if spent >= tonumber(ARGV[4]) then return 'attempts_exceeded' end
 local outcome = decide()
 if outcome == 'invalid_password' then
-  count_one(budget, tonumber(ARGV[5]), now)
+  count_one(budget, running, tonumber(ARGV[5]), now)
 elseif outcome == 'verified' and spent > 0 then
   -- The budget is of consecutive failures (NIST SP 800-63B): a success ends it.
   redis.call('DEL', budget)

@@ -95,10 +95,11 @@ local function counted(key, now)
   return 0, nil
 end
 
--- Counts one against a counter whatever its limit; one past its reset starts again,
+-- Counts one against a counter whatever its limit, given what `counted` read of it
+-- (`running`: its resets_at, nil when not running); one not running starts again,
 -- ending at `resets_at`.
-local function count_one(key, resets_at, now)
-  if select(2, counted(key, now)) then
+local function count_one(key, running, resets_at, now)
+  if running then
     redis.call('HINCRBY', key, 'count', 1)
   else
     redis.call('HSET', key, 'count', 1, 'resets_at', resets_at)

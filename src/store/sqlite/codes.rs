@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, params};
 
-use super::{Purged, delete_step, deliveries, limits, map_err, quotas};
+use super::{Purged, deliveries, limits, map_err, quotas};
 use crate::clock::Timestamp;
 use crate::domain::Channel;
 use crate::domain::limits::LimitKind;
@@ -91,7 +91,7 @@ pub(super) fn check(conn: &Connection, check: &CodeCheck) -> Result<CheckOutcome
         return check_live_codes(conn, check);
     };
     let failures = quotas::counter(conn, check.channel, &budget.key, check.now)?;
-    if failures.count >= budget.limit {
+    if failures.used_up(budget.limit).is_some() {
         return Ok(CheckOutcome::AttemptsExceeded);
     }
     let outcome = check_live_codes(conn, check)?;
@@ -200,20 +200,13 @@ pub(super) fn purge(
     now: Timestamp,
     purged: &mut Purged,
 ) -> Result<(), StoreError> {
-    purged.add(delete_step(
-        conn,
-        "codes",
-        "id",
-        "expires_at <= ?1",
-        [now.millis()],
-    )?);
-    let guesses = delete_step(
+    purged.delete(conn, "codes", "id", "expires_at <= ?1", [now.millis()])?;
+    purged.delete(
         conn,
         "guesses",
         "channel, target",
         "expires_at <= ?1",
         [now.millis()],
     )?;
-    purged.add(guesses);
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{Purged, delete_step, map_err};
+use super::{Purged, map_err};
 use crate::clock::Timestamp;
 use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob, DeliveryState};
 use crate::domain::Channel;
@@ -288,14 +288,13 @@ pub(super) fn purge(
     // p99). A job goes `before` (a day) after its code expired, as on Redis.
     for channel in Channel::ALL {
         for state in ["sent", "failed", "expired", "queued", "sending"] {
-            let jobs = delete_step(
+            purged.delete(
                 conn,
                 "deliveries",
                 "id",
                 "channel = ?1 AND state = ?2 AND expires_at <= ?3",
                 params![channel.as_str(), state, before.millis()],
             )?;
-            purged.add(jobs);
         }
     }
     Ok(())

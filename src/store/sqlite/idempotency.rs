@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Purged, delete_step, map_err};
+use super::map_err;
 use crate::clock::Timestamp;
 use crate::domain::Channel;
 use crate::store::{IdempotencyBegin, StoreError};
@@ -81,22 +81,6 @@ pub(super) fn finish(
             .and_then(|mut s| s.execute(params![channel.as_str(), key, fingerprint])),
     };
     result.map(|_| ()).map_err(map_err)
-}
-
-pub(super) fn purge(
-    conn: &Connection,
-    now: Timestamp,
-    purged: &mut Purged,
-) -> Result<(), StoreError> {
-    let keys = delete_step(
-        conn,
-        "idempotency",
-        "channel, key",
-        "expires_at <= ?1",
-        [now.millis()],
-    )?;
-    purged.add(keys);
-    Ok(())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, params};
 
-use super::{Purged, delete_step, map_err};
+use super::{Purged, map_err};
 use crate::clock::Timestamp;
 use crate::domain::Channel;
 use crate::domain::limits::{LimitHit, LimitKind, LimitRules, LimitRulesUpdate, RuleSet};
@@ -121,12 +121,6 @@ pub(super) fn purge_sends(
             .max(rules.targets.longest_window());
     }
     let cutoff = now.minus(keep.max(Duration::from_secs(60)));
-    purged.add(delete_step(
-        conn,
-        "sends",
-        "rowid",
-        "at <= ?1",
-        [cutoff.millis()],
-    )?);
+    purged.delete(conn, "sends", "rowid", "at <= ?1", [cutoff.millis()])?;
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Purged, delete_step, deliveries, limits, map_err};
+use super::{Purged, deliveries, limits, map_err};
 use crate::clock::Timestamp;
 use crate::domain::Channel;
 use crate::domain::limits::LimitKind;
@@ -163,21 +163,19 @@ pub(super) fn purge(
     now: Timestamp,
     purged: &mut Purged,
 ) -> Result<(), StoreError> {
-    let codes = delete_step(
+    purged.delete(
         conn,
         "link_codes",
         "hash",
         "expires_at <= ?1",
         [now.millis()],
     )?;
-    purged.add(codes);
-    let updates = delete_step(
+    purged.delete(
         conn,
         "telegram_updates",
         "update_id",
         "handled_at <= ?1",
         [now.minus(HANDLED_UPDATES_KEPT).millis()],
     )?;
-    purged.add(updates);
     Ok(())
 }

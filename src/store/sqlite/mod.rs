@@ -166,29 +166,29 @@ struct Purged {
 }
 
 impl Purged {
-    fn add(&mut self, deleted: usize) {
+    /// Deletes at most `PURGE_STEP` rows of `table` matching `condition`, and counts
+    /// them; `key` is the table's key (a column, or columns such as `channel, target`),
+    /// found through the index the condition uses.
+    fn delete(
+        &mut self,
+        conn: &Connection,
+        table: &str,
+        key: &str,
+        condition: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "DELETE FROM {table} WHERE ({key}) IN
+                 (SELECT {key} FROM {table} WHERE {condition} LIMIT {PURGE_STEP})"
+        );
+        let deleted = conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| s.execute(params))
+            .map_err(map_err)?;
         self.rows += deleted as u64;
         self.more |= deleted >= PURGE_STEP;
+        Ok(())
     }
-}
-
-/// Deletes at most `PURGE_STEP` rows of `table` matching `condition`; `key` is the
-/// table's key (a column, or columns such as `channel, target`), found through
-/// the index the condition uses.
-fn delete_step(
-    conn: &Connection,
-    table: &str,
-    key: &str,
-    condition: &str,
-    params: impl rusqlite::Params,
-) -> Result<usize, StoreError> {
-    let sql = format!(
-        "DELETE FROM {table} WHERE ({key}) IN
-             (SELECT {key} FROM {table} WHERE {condition} LIMIT {PURGE_STEP})"
-    );
-    conn.prepare_cached(&sql)
-        .and_then(|mut s| s.execute(params))
-        .map_err(map_err)
 }
 
 /// Creates the schema, and adds what later versions added to a database made before.
@@ -329,8 +329,10 @@ impl Store for SqliteStore {
                     codes::purge(conn, now, &mut purged)?;
                     limits::purge_sends(conn, now, &mut purged)?;
                     links::purge(conn, now, &mut purged)?;
-                    quotas::purge(conn, now, &mut purged)?;
-                    idempotency::purge(conn, now, &mut purged)?;
+                    let quotas = "resets_at <= ?1";
+                    purged.delete(conn, "quotas", "channel, key", quotas, [now.millis()])?;
+                    let keys = "expires_at <= ?1";
+                    purged.delete(conn, "idempotency", "channel, key", keys, [now.millis()])?;
                     let before = now.minus(FINISHED_DELIVERY_RETENTION);
                     deliveries::purge(conn, now, before, &mut ended, &mut purged)?;
                     Ok((purged, ended))

@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Purged, delete_step, map_err};
+use super::map_err;
 use crate::clock::Timestamp;
 use crate::domain::Channel;
 use crate::store::{Counter, Quota, QuotaOutcome, StoreError};
@@ -95,21 +95,5 @@ pub(super) fn reset(conn: &Connection, channel: Channel, key: &str) -> Result<()
     conn.prepare_cached("DELETE FROM quotas WHERE channel = ?1 AND key = ?2")
         .and_then(|mut s| s.execute(params![channel.as_str(), key]))
         .map_err(map_err)?;
-    Ok(())
-}
-
-pub(super) fn purge(
-    conn: &Connection,
-    now: Timestamp,
-    purged: &mut Purged,
-) -> Result<(), StoreError> {
-    let quotas = delete_step(
-        conn,
-        "quotas",
-        "channel, key",
-        "resets_at <= ?1",
-        [now.millis()],
-    )?;
-    purged.add(quotas);
     Ok(())
 }
