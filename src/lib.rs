@@ -8,6 +8,7 @@ pub mod config;
 pub mod delivery;
 pub mod domain;
 pub mod http;
+pub mod logs;
 pub mod metrics;
 pub mod store;
 

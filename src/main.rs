@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use otpd::config::{Cli, Command, LogFormat, TelegramCommand};
+use otpd::logs::LogSink;
 use otpd::{App, Deps};
 use tracing_subscriber::EnvFilter;
 
@@ -28,25 +29,58 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut sink = match LogSink::stderr() {
+        Ok(sink) => sink,
+        Err(e) => {
+            eprintln!("otpd: cannot start the log writer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(sink.writer());
+    let ansi = std::io::stderr().is_terminal();
     match cli.config.log_format {
         LogFormat::Json => logs.json().flatten_event(true).init(),
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text => logs.with_ansi(ansi).init(),
+    }
+    if !ansi {
+        otpd::logs::write_access_lines_to(&sink, cli.config.log_format == LogFormat::Json);
     }
 
-    match cli.command.unwrap_or(Command::Serve) {
+    let outcome = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
         Command::Health => health(&cli.config).await,
         Command::Telegram { command } => telegram(&command, &cli.config).await,
+    };
+    // Every line logged is out before the last word (or the exit).
+    sink.stop();
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { code, message }) => {
+            eprintln!("otpd: {message}");
+            ExitCode::from(code)
+        }
     }
+}
+
+/// How a command failed: the exit code, and the one line said on stderr.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn fail(code: u8, message: impl std::fmt::Display) -> Result<(), Failure> {
+    Err(Failure {
+        code,
+        message: message.to_string(),
+    })
 }
 
 /// GET /health on this host's listener; the certificate is not checked (it names the
 /// public host, not 127.0.0.1) since only liveness is asked.
-async fn health(config: &otpd::config::Config) -> ExitCode {
+async fn health(config: &otpd::config::Config) -> Result<(), Failure> {
     let mut addr = config.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -62,49 +96,34 @@ async fn health(config: &otpd::config::Config) -> ExitCode {
         .build();
     let answer = match client {
         Ok(client) => client.get(format!("{scheme}://{addr}/health")).send().await,
-        Err(e) => {
-            eprintln!("otpd: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(1, e),
     };
     match answer {
-        Ok(res) if res.status().is_success() => ExitCode::SUCCESS,
-        Ok(res) => {
-            eprintln!("otpd: /health answered {}", res.status());
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("otpd: /health did not answer: {}", e.without_url());
-            ExitCode::FAILURE
-        }
+        Ok(res) if res.status().is_success() => Ok(()),
+        Ok(res) => fail(1, format!("/health answered {}", res.status())),
+        Err(e) => fail(1, format!("/health did not answer: {}", e.without_url())),
     }
 }
 
-async fn telegram(command: &TelegramCommand, config: &otpd::config::Config) -> ExitCode {
+async fn telegram(command: &TelegramCommand, config: &otpd::config::Config) -> Result<(), Failure> {
     match otpd::bot::cli::run(command, config).await {
         Ok(done) => {
             println!("{done}");
-            ExitCode::SUCCESS
+            Ok(())
         }
-        Err(e) => {
-            eprintln!("otpd: {e}");
-            ExitCode::from(1)
-        }
+        Err(e) => fail(1, e),
     }
 }
 
-async fn serve(config: otpd::config::Config) -> ExitCode {
+async fn serve(config: otpd::config::Config) -> Result<(), Failure> {
     let app = match App::start(config, Deps::default()).await {
         Ok(app) => app,
-        Err(e) => {
-            eprintln!("otpd: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(2, e),
     };
     shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight requests and deliveries");
     app.shutdown().await;
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 async fn shutdown_signal() {

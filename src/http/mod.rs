@@ -31,6 +31,7 @@ pub use routes::{routes, spec};
 pub use telegram::WebhookSettings;
 
 use crate::clock::Clock;
+use crate::logs::{self, AccessLine};
 use crate::metrics::Metrics;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -155,14 +156,26 @@ async fn access_log(State(metrics): State<Arc<Metrics>>, req: Request, next: Nex
         "otpd_http_requests_total",
         &[("route", route), ("status", status.as_str())],
     );
-    tracing::info!(
-        request_id = %id,
-        %method,
-        route = %route,
-        status = status.as_u16(),
-        latency_us = started.elapsed().as_micros() as u64,
-        "request"
-    );
+    if tracing::enabled!(target: AccessLine::TARGET, tracing::Level::INFO) {
+        let line = AccessLine {
+            request_id: &id,
+            method: method.as_str(),
+            route,
+            status: status.as_u16(),
+            latency_us: started.elapsed().as_micros() as u64,
+        };
+        if !logs::write_access_line(&line) {
+            tracing::info!(
+                target: AccessLine::TARGET,
+                request_id = %line.request_id,
+                method = %line.method,
+                route = %line.route,
+                status = line.status,
+                latency_us = line.latency_us,
+                "request"
+            );
+        }
+    }
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
