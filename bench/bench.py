@@ -28,11 +28,18 @@ THREADS = 2
 LIVE_CODES = 50_000 if QUICK else 1_000_000
 DRAIN_JOBS = 10_000 if QUICK else 100_000
 # Codes seeded for the check runs, per wrk thread and kind (right, wrong): more than a
-# run asks for, so that every "right code" request finds its code.
+# run asks for (a 2-second quick run asked for up to ~27,000 per thread once checks got
+# faster), so that every "right code" request finds its code.
 CHECK_STRIDE = 400_000
-CHECK_SEEDED = 20_000 if QUICK else CHECK_STRIDE
+CHECK_SEEDED = 60_000 if QUICK else CHECK_STRIDE
 
 results = []
+# Processes whose CPU time each wrk run accounts for, by name ("server", "redis").
+watched = {}
+# The benchmark's Redis, once started: each run notes whether Redis forked meanwhile (an
+# append-only-file rewrite, whose child's CPU no figure above shows).
+redis_port = None
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @atexit.register
@@ -73,8 +80,34 @@ def to_ms(value):
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+def cpu_ticks():
+    """CPU ticks used so far by each watched process, and by the whole machine (busy)."""
+    ticks = {}
+    for name, pid in watched.items():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks[name] = int(fields[11]) + int(fields[12])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    with open("/proc/stat") as f:
+        cpu = [int(v) for v in f.readline().split()[1:]]
+    ticks["machine"] = sum(cpu) - cpu[3] - cpu[4]  # all but idle and iowait
+    return ticks
+
+
+def redis_forks():
+    if redis_port is None:
+        return 0
+    info = subprocess.run(["redis-cli", "-p", str(redis_port), "INFO", "stats"],
+                          capture_output=True, text=True).stdout
+    found = re.search(r"total_forks:(\d+)", info)
+    return int(found.group(1)) if found else 0
+
+
 def wrk(name, url, script_args=None, body=None):
-    """Runs wrk against url; returns and records requests/s, p50 and p99 (ms)."""
+    """Runs wrk against url; returns and records requests/s, p50, p99 (ms), and the CPU
+    each watched process and the whole machine spent per request (µs)."""
     cmd = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency"]
     if script_args:
         cmd += ["-s", PHONES_LUA, url, "--"] + script_args
@@ -86,16 +119,25 @@ def wrk(name, url, script_args=None, body=None):
         )
         lua.close()
         cmd += ["-s", lua.name, url]
+    forks, before = redis_forks(), cpu_ticks()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    after, forks = cpu_ticks(), redis_forks() - forks
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    cpu_us = {who: round((after[who] - before[who]) / CLOCK_TICKS * 1e6 / max(1, requests), 1)
+              for who in after if who in before}
     # Anchored: "81.50%" in the thread statistics must not pass for the 50th percentile.
     p50 = to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
     p99 = to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     row = {"name": name, "rps": rps, "p50_ms": p50, "p99_ms": p99,
-           "non_2xx": int(errors.group(1)) if errors else 0}
+           "non_2xx": int(errors.group(1)) if errors else 0, "cpu_us_per_request": cpu_us,
+           "redis_forked": forks > 0}
     results.append(row)
-    print(f"  {name:<44} {rps:>10.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms", flush=True)
+    cpu = " ".join(f"{who} {us:.0f}" for who, us in cpu_us.items())
+    print(f"  {name:<44} {rps:>10.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
+          f"  CPU µs/req: {cpu}" + ("  (Redis rewrote its AOF meanwhile)" if forks else ""),
+          flush=True)
     return row
 
 
@@ -126,6 +168,8 @@ def redis_server():
     while time.time() < deadline:
         if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
                           text=True).stdout.strip() == "PONG":
+            global redis_port
+            watched["redis"], redis_port = proc.proc.pid, port
             return proc, f"redis://127.0.0.1:{port}"
         time.sleep(0.05)
     raise SystemExit("redis-server did not start")
@@ -163,6 +207,7 @@ def otpd(store, prefix, extra=None):
     env = {"OTP_LISTEN": f"127.0.0.1:{port}", "OTP_STORE": store, "OTP_SECRET": SECRET,
            "OTP_REDIS_PREFIX": prefix, "DUMMY": "true", **(extra or {})}
     proc = Process([OTPD], env=env, cwd=tempfile.mkdtemp())
+    watched["server"] = proc.proc.pid
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/health")
     return proc, base
@@ -313,6 +358,7 @@ def main():
     started = time.time()
     sink_port = free_port()
     baseline = Process([BASELINE, f"127.0.0.1:{sink_port}"])
+    watched["server"] = baseline.proc.pid
     sink = f"http://127.0.0.1:{sink_port}"
     wait_http(sink + "/")
     print("baseline:", flush=True)
@@ -336,13 +382,21 @@ def main():
         if "rps" in row:
             row["ratio_to_baseline"] = row["rps"] / base["rps"]
     print()
-    print(f"{'measurement':<52} {'req/s':>9} {'x base':>7} {'p50 ms':>7} {'p99 ms':>7}")
+    # CPU per request: the server (baseline or otpd), redis-server, the whole machine
+    # (wrk and the kernel included).
+    print(f"{'measurement':<52} {'req/s':>9} {'x base':>7} {'p50 ms':>7} {'p99 ms':>7}"
+          f" {'server µs':>9} {'redis µs':>8} {'all µs':>7}")
     for row in results:
         if "rps" in row:
+            cpu = row["cpu_us_per_request"]
+            redis_us = f"{cpu['redis']:.0f}" if "redis" in cpu else ""
             print(f"{row['name']:<52} {row['rps']:>9.0f} {row['ratio_to_baseline']:>7.2f} "
-                  f"{row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f}")
+                  f"{row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f} {cpu.get('server', 0):>9.0f} "
+                  f"{redis_us:>8} {cpu['machine']:>7.0f}" + (" *" if row["redis_forked"] else ""))
         else:
             print(f"{row['name']:<52} {row['jobs_per_s']:>9.0f} jobs/s")
+    if any(row.get("redis_forked") for row in results):
+        print("* Redis rewrote its append-only file during the run (a forked child).")
     for store, figures in memory.items():
         print(f"{store}: idle RSS {figures['idle_rss_mib']:.1f} MiB, "
               f"after {LIVE_CODES} live codes {figures['rss_after_live_codes_mib']:.1f} MiB")
