@@ -60,7 +60,8 @@ async fn main() {
         .render(Channel::Sms, &password, false)
         .unwrap();
     let mut tasks = tokio::task::JoinSet::new();
-    let workers = 64u64;
+    // Enough in flight that each group commit carries a few hundred codes.
+    let workers = 256u64;
     for w in 0..workers {
         let (store, secret, password, content) = (
             store.clone(),
