@@ -193,7 +193,33 @@ pub struct AccessLine<'a> {
 }
 
 impl AccessLine<'_> {
+    /// The target the line is logged under (what `RUST_LOG` names); `trace` spells it
+    /// out, since a macro's static cannot name `Self`.
     pub const TARGET: &'static str = "otpd::http";
+
+    /// Writes the line straight to the sink once `write_access_lines_to` was called;
+    /// before that (tests, a terminal) through `tracing`.
+    pub fn log(&self) {
+        let Some(log) = ACCESS_LOG.get() else {
+            self.trace();
+            return;
+        };
+        let mut text = Vec::with_capacity(224);
+        self.format(SystemTime::now(), log.json, &mut text);
+        log.out.0.append(&text);
+    }
+
+    fn trace(&self) {
+        tracing::info!(
+            target: "otpd::http",
+            request_id = %self.request_id,
+            method = %self.method,
+            route = %self.route,
+            status = self.status,
+            latency_us = self.latency_us,
+            "request"
+        );
+    }
 
     fn format(&self, at: SystemTime, json: bool, out: &mut Vec<u8>) {
         let at = humantime::format_rfc3339_micros(at);
@@ -235,17 +261,6 @@ pub fn write_access_lines_to(sink: &LogSink<std::io::Stderr>, json: bool) {
         out: sink.writer(),
         json,
     });
-}
-
-/// Writes `line` if `write_access_lines_to` was called; false leaves it to the caller.
-pub fn write_access_line(line: &AccessLine) -> bool {
-    let Some(log) = ACCESS_LOG.get() else {
-        return false;
-    };
-    let mut text = Vec::with_capacity(224);
-    line.format(SystemTime::now(), log.json, &mut text);
-    log.out.0.append(&text);
-    true
 }
 
 #[cfg(test)]
@@ -358,17 +373,7 @@ mod tests {
         let logs = tracing_subscriber::fmt()
             .with_writer(move || to.clone())
             .with_ansi(false);
-        let event = || {
-            tracing::info!(
-                target: "otpd::http",
-                request_id = %line.request_id,
-                method = %line.method,
-                route = %line.route,
-                status = line.status,
-                latency_us = line.latency_us,
-                "request"
-            )
-        };
+        let event = || line.trace();
         if json {
             tracing::subscriber::with_default(logs.json().flatten_event(true).finish(), event);
         } else {

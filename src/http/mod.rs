@@ -31,7 +31,7 @@ pub use routes::{routes, spec};
 pub use telegram::WebhookSettings;
 
 use crate::clock::Clock;
-use crate::logs::{self, AccessLine};
+use crate::logs::AccessLine;
 use crate::metrics::Metrics;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -164,17 +164,7 @@ async fn access_log(State(metrics): State<Arc<Metrics>>, req: Request, next: Nex
             status: status.as_u16(),
             latency_us: started.elapsed().as_micros() as u64,
         };
-        if !logs::write_access_line(&line) {
-            tracing::info!(
-                target: AccessLine::TARGET,
-                request_id = %line.request_id,
-                method = %line.method,
-                route = %line.route,
-                status = line.status,
-                latency_us = line.latency_us,
-                "request"
-            );
-        }
+        line.log();
     }
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
