@@ -1,11 +1,12 @@
--- Create a code. KEYS: rules, ip sends, target sends, codes, guesses, queue, job, msg,
--- and the target's failure budget when it is on. ARGV: now, expires_at, max_active, hash
--- (hex), has_ip, send member, default target rules (JSON), delivery id, channel, target,
--- payload, retention (ms), the budget's limit.
+-- Create a code. KEYS: rules, ip sends, target sends, codes, guesses (which also holds
+-- the target's wrong-guess budget, see check.lua), queue, job, msg. ARGV: now,
+-- expires_at, max_active, hash (hex), has_ip, send member, default target rules (JSON),
+-- delivery id, channel, target, payload, retention (ms), and the budget's limit when the
+-- budget is on.
 local now, expires = tonumber(ARGV[1]), tonumber(ARGV[2])
-if KEYS[9] then
-  local failures, resets_at = counted(KEYS[9], now)
-  if failures >= tonumber(ARGV[13]) then return {'failure_budget', resets_at} end
+if ARGV[13] then
+  local spent, resets_at = budget_spent(KEYS[5], now)
+  if spent >= tonumber(ARGV[13]) then return {'failure_budget', resets_at} end
 end
 local stored = redis.call('HMGET', KEYS[1], 'ip', 'target')
 local ip_rules = rules_from(stored[1])
@@ -31,8 +32,8 @@ end
 if #held > 0 then redis.call('DEL', KEYS[4]) end
 redis.call('RPUSH', KEYS[4], unpack(kept))
 redis.call('PEXPIRE', KEYS[4], ttl(latest, now))
--- A new send starts a new round of guesses.
-redis.call('DEL', KEYS[5])
+-- A new send starts a new round of guesses; the budget goes on.
+redis.call('HDEL', KEYS[5], 'failures', 'burned', 'until')
 if ARGV[5] == '1' then record(KEYS[2], ip_rules, now, ARGV[6]) end
 record(KEYS[3], target_rules, now, ARGV[6])
 enqueue(KEYS[6], KEYS[7], KEYS[8], ARGV[8], ARGV[9], ARGV[10], ARGV[11], now, expires,

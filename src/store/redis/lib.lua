@@ -106,3 +106,14 @@ local function count_one(key, running, resets_at, now)
     redis.call('PEXPIRE', key, ttl(resets_at, now))
   end
 end
+
+-- The wrong-guess budget of a target lives in its guesses hash ('spent', 'spent_until'),
+-- so that a wrong guess reads and writes one key: what it has spent, and until when
+-- (nil when no window runs).
+local function budget_spent(guesses, now)
+  local state = redis.call('HMGET', guesses, 'spent', 'spent_until')
+  if state[2] and tonumber(state[2]) > now then
+    return tonumber(state[1]), tonumber(state[2])
+  end
+  return 0, nil
+end

@@ -205,8 +205,9 @@ impl Store for RedisStore {
             .arg(&code.target)
             .arg(Payload::encode(&code)?)
             .arg(RETENTION.as_millis() as u64);
+        // The budget is kept in the target's guesses hash (create.lua), not under its key.
         if let Some(budget) = &code.failure_budget {
-            call.key(self.quota_key(ch, &budget.key)).arg(budget.limit);
+            call.arg(budget.limit);
         }
         let answer: Vec<Value> = self.conn.invoke(&mut call).await?;
         match text(&answer, 0)?.as_str() {
@@ -234,10 +235,9 @@ impl Store for RedisStore {
             .arg(check.now.millis())
             .arg(hex::encode(check.hash.0))
             .arg(check.max_attempts);
+        // The budget is kept in the target's guesses hash (check.lua), not under its key.
         if let Some(budget) = &check.failure_budget {
-            call.key(self.quota_key(ch, &budget.key))
-                .arg(budget.limit)
-                .arg(budget.resets_at.millis());
+            call.arg(budget.limit).arg(budget.resets_at.millis());
         }
         let answer: String = self.conn.invoke(&mut call).await?;
         match answer.as_str() {
