@@ -5,7 +5,8 @@
 -- budget is on.
 local now, expires = tonumber(ARGV[1]), tonumber(ARGV[2])
 if ARGV[13] then
-  local spent, resets_at = budget_spent(KEYS[5], now)
+  -- The budget lives in the guesses hash (see check.lua).
+  local spent, resets_at = counted(KEYS[5], now, 'spent', 'spent_until')
   if spent >= tonumber(ARGV[13]) then return {'failure_budget', resets_at} end
 end
 local stored = redis.call('HMGET', KEYS[1], 'ip', 'target')

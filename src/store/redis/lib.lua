@@ -86,9 +86,10 @@ local function expire_job(job, msg, now, retention)
 end
 
 -- Quotas and counters are hashes {count, resets_at}; a counter past its resets_at counts
--- as zero, by the application's clock, as the SQLite store does.
-local function counted(key, now)
-  local state = redis.call('HMGET', key, 'count', 'resets_at')
+-- as zero, by the application's clock, as the SQLite store does. The wrong-guess budget
+-- is such a counter kept in a target's guesses hash, under other field names.
+local function counted(key, now, count_field, until_field)
+  local state = redis.call('HMGET', key, count_field or 'count', until_field or 'resets_at')
   if state[2] and tonumber(state[2]) > now then
     return tonumber(state[1]), tonumber(state[2])
   end
@@ -105,15 +106,4 @@ local function count_one(key, running, resets_at, now)
     redis.call('HSET', key, 'count', 1, 'resets_at', resets_at)
     redis.call('PEXPIRE', key, ttl(resets_at, now))
   end
-end
-
--- The wrong-guess budget of a target lives in its guesses hash ('spent', 'spent_until'),
--- so that a wrong guess reads and writes one key: what it has spent, and until when
--- (nil when no window runs).
-local function budget_spent(guesses, now)
-  local state = redis.call('HMGET', guesses, 'spent', 'spent_until')
-  if state[2] and tonumber(state[2]) > now then
-    return tonumber(state[1]), tonumber(state[2])
-  end
-  return 0, nil
 end
