@@ -97,12 +97,15 @@ def cpu_ticks():
     return ticks
 
 
+def redis_cli(port, *args):
+    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True,
+                          text=True).stdout
+
+
 def redis_forks():
     if redis_port is None:
         return 0
-    info = subprocess.run(["redis-cli", "-p", str(redis_port), "INFO", "stats"],
-                          capture_output=True, text=True).stdout
-    found = re.search(r"total_forks:(\d+)", info)
+    found = re.search(r"total_forks:(\d+)", redis_cli(redis_port, "INFO", "stats"))
     return int(found.group(1)) if found else 0
 
 
@@ -167,8 +170,7 @@ def redis_server():
                     "--appendonly", "yes", "--appendfsync", "everysec", "--dir", data])
     deadline = time.time() + 20
     while time.time() < deadline:
-        if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
-                          text=True).stdout.strip() == "PONG":
+        if redis_cli(port, "ping").strip() == "PONG":
             global redis_port
             watched["redis"], redis_port = proc.proc.pid, port
             return proc, f"redis://127.0.0.1:{port}"
@@ -186,15 +188,10 @@ def settled(store, timeout=900):
     full run halved. Each run is marked when Redis forked meanwhile all the same."""
     if not store.startswith("redis://"):
         return
-    port = store.rsplit(":", 1)[1]
-
-    def persistence():
-        return subprocess.run(["redis-cli", "-p", port, "INFO", "persistence"],
-                              capture_output=True, text=True).stdout
 
     def wait(deadline):
         while time.time() < deadline:
-            info = persistence()
+            info = redis_cli(redis_port, "INFO", "persistence")
             if "aof_rewrite_in_progress:0" in info and "aof_rewrite_scheduled:0" in info:
                 return info
             time.sleep(0.5)
@@ -204,7 +201,7 @@ def settled(store, timeout=900):
     info = wait(deadline)
     sizes = dict(re.findall(r"aof_(current|base)_size:(\d+)", info))
     if sizes and int(sizes["current"]) > 1.2 * int(sizes["base"]):
-        subprocess.run(["redis-cli", "-p", port, "BGREWRITEAOF"], capture_output=True)
+        redis_cli(redis_port, "BGREWRITEAOF")
         time.sleep(0.5)
         wait(deadline)
 

@@ -37,7 +37,10 @@ struct Shared<W> {
 struct State {
     lines: Vec<u8>,
     dropped: u64,
-    stopped: bool,
+    /// `stop` was called: the writing thread writes out what is left, then ends.
+    stopping: bool,
+    /// The writing thread has ended: lines go straight to the output.
+    finished: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -75,16 +78,7 @@ impl<W: Write + Send + 'static> LogSink<W> {
 
     /// Writes out every line logged so far; later lines are written straight through.
     pub fn stop(&mut self) {
-        {
-            let mut state = lock(&self.shared.state);
-            if !state.stopped {
-                state.stopped = true;
-                // Written while the state is held, so that a line logged after this
-                // (written straight through) cannot come out before these.
-                let (lines, dropped) = (std::mem::take(&mut state.lines), state.dropped);
-                emit(&mut *lock(&self.shared.out), dropped, &lines);
-            }
-        }
+        lock(&self.shared.state).stopping = true;
         self.shared.wake.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -101,7 +95,7 @@ impl<W: Write + Send + 'static> Drop for LogSink<W> {
 impl<W: Write + Send> Shared<W> {
     fn append(&self, line: &[u8]) {
         let mut state = lock(&self.state);
-        if state.stopped {
+        if state.finished {
             drop(state);
             let _ = lock(&self.out).write_all(line);
             return;
@@ -118,18 +112,24 @@ impl<W: Write + Send> Shared<W> {
         }
     }
 
+    /// The writing thread. Lines go out in the order they were appended: a batch is
+    /// written before the next is taken, and the last one while the state is held, so
+    /// that no line written straight through afterwards can overtake it.
     fn write_out(&self) {
         let mut batch = Vec::new();
         loop {
             let dropped = {
                 let mut state = lock(&self.state);
-                while state.lines.is_empty() && state.dropped == 0 && !state.stopped {
+                while state.lines.is_empty() && state.dropped == 0 && !state.stopping {
                     state = self
                         .wake
                         .wait(state)
                         .unwrap_or_else(PoisonError::into_inner);
                 }
-                if state.stopped {
+                if state.stopping {
+                    let (lines, dropped) = (std::mem::take(&mut state.lines), state.dropped);
+                    emit(&mut *lock(&self.out), dropped, &lines);
+                    state.finished = true;
                     return;
                 }
                 batch.clear();
@@ -158,7 +158,7 @@ fn emit(out: &mut impl Write, dropped: u64, lines: &[u8]) {
 /// one `write_all`, so lines of different threads never interleave).
 pub struct LineWriter<W>(Arc<Shared<W>>);
 
-impl<W: Write + Send> Write for LineWriter<W> {
+impl<W: Write + Send> Write for &LineWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.append(buf);
         Ok(buf.len())
@@ -169,11 +169,12 @@ impl<W: Write + Send> Write for LineWriter<W> {
     }
 }
 
+/// Each event borrows the writer: no reference count is touched per line.
 impl<'a, W: Write + Send + 'static> MakeWriter<'a> for LineWriter<W> {
-    type Writer = LineWriter<W>;
+    type Writer = &'a LineWriter<W>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        LineWriter(self.0.clone())
+        self
     }
 }
 
@@ -293,10 +294,10 @@ mod tests {
         let mut sink = LogSink::start(out.clone()).unwrap();
         let threads: Vec<_> = (0..4)
             .map(|t| {
-                let mut writer = sink.writer();
+                let writer = sink.writer();
                 std::thread::spawn(move || {
                     for i in 0..2_000 {
-                        writer
+                        (&writer)
                             .write_all(format!("thread {t} line {i}\n").as_bytes())
                             .unwrap();
                     }
@@ -324,10 +325,10 @@ mod tests {
     fn a_line_logged_after_stop_is_written_straight_through() {
         let out = Captured::default();
         let mut sink = LogSink::start(out.clone()).unwrap();
-        let mut writer = sink.writer();
-        writer.write_all(b"before\n").unwrap();
+        let writer = sink.writer();
+        (&writer).write_all(b"before\n").unwrap();
         sink.stop();
-        writer.write_all(b"after\n").unwrap();
+        (&writer).write_all(b"after\n").unwrap();
         assert_eq!(out.text(), "before\nafter\n");
     }
 
@@ -340,12 +341,12 @@ mod tests {
             .chain([b'\n'])
             .collect::<Vec<u8>>();
         let stalled = lock(&sink.shared.out);
-        let mut writer = sink.writer();
+        let writer = sink.writer();
         // The writing thread may take up to a buffer's worth before it blocks on the
         // output; a second buffer fills behind it, and the rest must be dropped.
         let lines = 2 * MAX_BUFFERED / line.len() + 100;
         for _ in 0..lines {
-            writer.write_all(&line).unwrap();
+            (&writer).write_all(&line).unwrap();
         }
         drop(stalled);
         sink.stop();
