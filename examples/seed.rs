@@ -86,6 +86,7 @@ async fn main() {
                     content: content.clone(),
                     code: password.clone(),
                     failure_budget: None,
+                    lease_until: None,
                 };
                 assert_eq!(
                     store.create_code(code).await.unwrap(),

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, StoreUrl, UpdatesMode, secret_value};
 use crate::delivery::{
-    BotApi, ConsoleOut, DeliverySettings, Wakeups, Worker, build_chains, count_ended_by_store,
+    BotApi, ConsoleOut, DeliverySettings, Dispatch, Worker, build_chains, count_ended_by_store,
 };
 use crate::domain::link::{LinkSettings, TelegramLink};
 use crate::domain::phone_policy::PhonePolicy;
@@ -152,7 +152,10 @@ impl App {
             source,
         })?;
 
-        let wakeups = Arc::new(Wakeups::default());
+        let dispatch = Arc::new(Dispatch::new(
+            usize::from(config.delivery_workers),
+            config.delivery_lease(),
+        ));
         let settings = CodeSettings {
             code_length: config.code_length,
             default_lifetime: Duration::from_secs(config.default_lifetime),
@@ -174,7 +177,7 @@ impl App {
             secret.clone(),
             settings,
             abuse,
-            wakeups.clone(),
+            dispatch.clone(),
             metrics.clone(),
         ));
         let link = Arc::new(
@@ -188,7 +191,7 @@ impl App {
                     template: config.bot.telegram_template.clone(),
                     failures_per_10_minutes: config.bot.target_failures,
                 },
-                wakeups.clone(),
+                dispatch.clone(),
                 metrics.clone(),
             )
             .map_err(|reason| ConfigError::new("OTP_TARGET_FAILURES", reason))?,
@@ -257,7 +260,7 @@ impl App {
                     retry_base: Duration::from_secs(2),
                     retry_cap: Duration::from_secs(120),
                 },
-                wakeups,
+                dispatch,
                 metrics.clone(),
             ));
             background.extend(worker.spawn(&shutdown.subscribe()));

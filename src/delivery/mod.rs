@@ -2,6 +2,7 @@
 
 mod chains;
 mod console;
+mod dispatch;
 pub(crate) mod http;
 mod perfumer;
 mod smtp;
@@ -20,12 +21,13 @@ use serde::{Deserialize, Serialize};
 
 pub use chains::build as build_chains;
 pub use console::{ConsoleOut, ConsoleProvider};
+pub use dispatch::{Dispatch, Reservation};
 pub use perfumer::PerfumerProvider;
 pub use smtp::SmtpProvider;
 pub use telegram::{BotApi, BotApiError, TelegramProvider};
 pub use twilio::TwilioProvider;
 pub use webhook::WebhookProvider;
-pub use worker::{DeliverySettings, Wakeups, Worker, count_ended_by_store};
+pub use worker::{DeliverySettings, Worker, count_ended_by_store};
 
 use crate::clock::Timestamp;
 use crate::domain::Channel;

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::dispatch::{Dispatch, Handed};
 use super::{
     AttemptReport, AttemptResult, DeliveryJob, ProviderChains, ProviderError, ProviderTry,
     TryOutcome,
@@ -15,7 +16,7 @@ use super::{
 use crate::clock::{Clock, Timestamp};
 use crate::domain::Channel;
 use crate::metrics::Metrics;
-use crate::store::{EndedJobs, SharedStore};
+use crate::store::{EndedJobs, SharedStore, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
@@ -31,26 +32,12 @@ pub struct DeliverySettings {
     pub retry_cap: Duration,
 }
 
-/// One wake-up per channel: a new job wakes only the loop of its own channel.
-#[derive(Debug, Default)]
-pub struct Wakeups([Notify; 4]);
-
-impl Wakeups {
-    pub fn notify(&self, channel: Channel) {
-        self.0[channel as usize].notify_one();
-    }
-
-    fn get(&self, channel: Channel) -> &Notify {
-        &self.0[channel as usize]
-    }
-}
-
 pub struct Worker {
     store: SharedStore,
     chains: ProviderChains,
     clock: Arc<dyn Clock>,
     settings: DeliverySettings,
-    wakeups: Arc<Wakeups>,
+    dispatch: Arc<Dispatch>,
     metrics: Arc<Metrics>,
 }
 
@@ -60,7 +47,7 @@ impl Worker {
         chains: ProviderChains,
         clock: Arc<dyn Clock>,
         settings: DeliverySettings,
-        wakeups: Arc<Wakeups>,
+        dispatch: Arc<Dispatch>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Worker {
@@ -68,7 +55,7 @@ impl Worker {
             chains,
             clock,
             settings,
-            wakeups,
+            dispatch,
             metrics,
         }
     }
@@ -83,46 +70,52 @@ impl Worker {
     }
 
     async fn run(self: Arc<Self>, channel: Channel, mut shutdown: watch::Receiver<bool>) {
+        let Some(mut handed) = self.dispatch.take_receiver(channel) else {
+            tracing::error!(%channel, "a second delivery loop was started for the channel");
+            return;
+        };
+        let slots = Arc::clone(self.dispatch.slots(channel));
+        let wakeup = self.dispatch.wakeup(channel);
         let mut in_flight = JoinSet::new();
+        // Whether the store may hold due jobs this loop has not seen: the loop claims only
+        // then, not after every send, since a claim costs the store a write.
+        let mut look = true;
+        let mut next_due = None;
+        let mut poll_at = tokio::time::Instant::now();
         while !stopping(&shutdown) {
             while let Some(done) = in_flight.try_join_next() {
-                log_panic(channel, done);
+                look |= needs_look(channel, done);
             }
-            let free = self.settings.concurrency.saturating_sub(in_flight.len());
-            if free == 0 {
-                tokio::select! {
-                    Some(done) = in_flight.join_next() => log_panic(channel, done),
-                    _ = shutdown.changed() => {}
-                }
-                continue;
+            while let Ok(Handed { job, slot }) = handed.try_recv() {
+                self.start(&mut in_flight, job, slot);
             }
-            let now = self.clock.now();
-            let lease_until = now.plus(self.settings.lease);
-            let claimed = self
-                .store
-                .claim_deliveries(channel, now, lease_until, free)
-                .await;
-            let next_due = match claimed {
-                Ok((jobs, ended)) => {
-                    count_ended_by_store(&self.metrics, &ended);
-                    let full = jobs.len() == free;
-                    for job in jobs {
-                        let worker = Arc::clone(&self);
-                        in_flight.spawn(async move { worker.deliver(job).await });
+            let free = slots.available_permits();
+            if look && free > 0 {
+                // Slots are taken before the claim, so that jobs handed over meanwhile
+                // never make more than `concurrency` sends at once.
+                if let Some(held) = u32::try_from(free)
+                    .ok()
+                    .and_then(|n| Arc::clone(&slots).try_acquire_many_owned(n).ok())
+                {
+                    poll_at = tokio::time::Instant::now() + self.settings.poll_interval;
+                    match self.claim(channel, free, held, &mut in_flight).await {
+                        Ok(true) => continue,
+                        Ok(false) => {
+                            look = false;
+                            self.dispatch.drained(channel);
+                            next_due = self.next_due(channel).await;
+                        }
+                        // After a store error, only the poll interval: due jobs would
+                        // look due at once and the loop would spin against a store that
+                        // keeps failing.
+                        Err(e) => {
+                            tracing::warn!(%channel, error = %e, "cannot take delivery jobs");
+                            look = false;
+                            next_due = None;
+                        }
                     }
-                    if full {
-                        continue;
-                    }
-                    self.store.next_delivery_due(channel).await
                 }
-                Err(e) => Err(e),
-            };
-            // After a store error, only the poll interval: due jobs would look due at once
-            // and the loop would spin against a store that keeps failing.
-            let next_due = next_due.unwrap_or_else(|e| {
-                tracing::warn!(%channel, error = %e, "cannot take delivery jobs");
-                None
-            });
+            }
             let clock = Arc::clone(&self.clock);
             let due = async move {
                 match next_due {
@@ -131,20 +124,94 @@ impl Worker {
                 }
             };
             tokio::select! {
-                _ = self.wakeups.get(channel).notified() => {}
-                _ = due => {}
-                // A finished attempt may have queued a retry sooner than `next_due`.
-                Some(done) = in_flight.join_next() => log_panic(channel, done),
-                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = wakeup.notified() => look = true,
+                Some(Handed { job, slot }) = handed.recv() => {
+                    self.start(&mut in_flight, job, slot);
+                }
+                _ = due => {
+                    look = true;
+                    next_due = None;
+                }
+                Some(done) = in_flight.join_next() => {
+                    look |= needs_look(channel, done);
+                    if look {
+                        // Sends recorded in one commit end together: letting the others
+                        // end first makes one claim for all of their slots.
+                        tokio::task::yield_now().await;
+                    }
+                }
+                // Jobs other processes queued wake nobody here.
+                _ = tokio::time::sleep_until(poll_at) => {
+                    look = true;
+                    poll_at = tokio::time::Instant::now() + self.settings.poll_interval;
+                }
                 _ = shutdown.changed() => {}
             }
         }
+        // What was handed over before the close is sent; a job handed after it stays
+        // leased in the store until its lease ends.
+        handed.close();
+        while let Ok(Handed { job, slot }) = handed.try_recv() {
+            self.start(&mut in_flight, job, slot);
+        }
         while let Some(done) = in_flight.join_next().await {
-            log_panic(channel, done);
+            needs_look(channel, done);
         }
     }
 
-    async fn deliver(&self, job: DeliveryJob) {
+    /// Claims up to `free` due jobs, each sent holding one of the `held` slots; true
+    /// when it got as many as asked (more may be waiting).
+    async fn claim(
+        self: &Arc<Self>,
+        channel: Channel,
+        free: usize,
+        mut held: OwnedSemaphorePermit,
+        in_flight: &mut JoinSet<bool>,
+    ) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        let lease_until = now.plus(self.settings.lease);
+        let (jobs, ended) = self
+            .store
+            .claim_deliveries(channel, now, lease_until, free)
+            .await?;
+        count_ended_by_store(&self.metrics, &ended);
+        let full = jobs.len() >= free;
+        for job in jobs {
+            match held.split(1) {
+                Some(slot) => self.start(in_flight, job, slot),
+                None => tracing::error!(%channel, "the store gave more jobs than were asked for"),
+            }
+        }
+        Ok(full)
+    }
+
+    /// When the next job is due, if any waits (a retry, or a lease running out).
+    async fn next_due(&self, channel: Channel) -> Option<Timestamp> {
+        let due = self.store.next_delivery_due(channel).await;
+        due.unwrap_or_else(|e| {
+            tracing::warn!(%channel, error = %e, "cannot read when the next delivery is due");
+            None
+        })
+    }
+
+    /// Sends `job` in a task of its own, which holds the sending slot until it ends.
+    fn start(
+        self: &Arc<Self>,
+        in_flight: &mut JoinSet<bool>,
+        job: DeliveryJob,
+        slot: OwnedSemaphorePermit,
+    ) {
+        let worker = Arc::clone(self);
+        in_flight.spawn(async move {
+            let look = worker.deliver(job).await;
+            drop(slot);
+            look
+        });
+    }
+
+    /// Sends and records one attempt; true when the job is still to be sent (a retry
+    /// queued, or the attempt not recorded), so that the loop looks for when it is due.
+    async fn deliver(&self, job: DeliveryJob) -> bool {
         let report = self.attempt(&job).await;
         let now = self.clock.now();
         let ended = Ended::of(&job, &report, now);
@@ -154,14 +221,17 @@ impl Worker {
             .finish_attempt(job.channel, job.id, report, now)
             .await
         {
-            Ok(()) => {
-                if let Some(ended) = ended {
+            Ok(()) => match ended {
+                Some(ended) => {
                     ended.count(&self.metrics, job.channel);
+                    false
                 }
-            }
+                None => true,
+            },
             // The lease runs out and the job is taken again: delivered at least once.
             Err(e) => {
-                tracing::warn!(delivery = %job.id, error = %e, "cannot record a delivery attempt")
+                tracing::warn!(delivery = %job.id, error = %e, "cannot record a delivery attempt");
+                true
             }
         }
     }
@@ -312,11 +382,13 @@ fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
     *shutdown.borrow() || shutdown.has_changed().is_err()
 }
 
-/// A send that panicked leaves its job leased; it is taken again when the lease ends.
-fn log_panic(channel: Channel, done: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = done {
+/// Whether a finished send leaves its job to be sent again (see `Worker::deliver`). A
+/// send that panicked leaves its job leased; it is taken again when the lease ends.
+fn needs_look(channel: Channel, done: Result<bool, tokio::task::JoinError>) -> bool {
+    done.unwrap_or_else(|e| {
         tracing::error!(%channel, error = %e, "a delivery task failed; its job will be taken again after the lease");
-    }
+        true
+    })
 }
 
 /// Exponential backoff with jitter in [d/2, d]; none once the code would be expired,

@@ -11,7 +11,7 @@ use super::limits::{LimitHit, Rule, RuleSet};
 use super::message::link_message;
 use super::secret::Secret;
 use crate::clock::Clock;
-use crate::delivery::{DeliveryId, Wakeups};
+use crate::delivery::{DeliveryId, Dispatch};
 use crate::metrics::Metrics;
 use crate::store::{
     LinkCodeOutcome, LinkLookup, LinkLookupOutcome, NewCode, NewLinkCode, SharedStore, StoreError,
@@ -45,7 +45,7 @@ pub struct TelegramLink {
     settings: LinkSettings,
     failure_rules: RuleSet,
     peer_failure_rules: RuleSet,
-    wakeups: Arc<Wakeups>,
+    dispatch: Arc<Dispatch>,
     metrics: Arc<Metrics>,
 }
 
@@ -55,7 +55,7 @@ impl TelegramLink {
         clock: Arc<dyn Clock>,
         secret: Arc<Secret>,
         settings: LinkSettings,
-        wakeups: Arc<Wakeups>,
+        dispatch: Arc<Dispatch>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
         let per_10_minutes = |rate: i64| -> Result<RuleSet, String> {
@@ -71,7 +71,7 @@ impl TelegramLink {
             settings,
             failure_rules,
             peer_failure_rules,
-            wakeups,
+            dispatch,
             metrics,
         })
     }
@@ -97,6 +97,8 @@ impl TelegramLink {
                 content: link_message(&self.settings.template, &password, self.settings.lifetime),
                 code: password,
                 failure_budget: None,
+                // Bot codes are few: they are queued and claimed, not handed over.
+                lease_until: None,
             };
             let outcome = self
                 .store
@@ -104,7 +106,7 @@ impl TelegramLink {
                 .await?;
             return Ok(match outcome {
                 LinkCodeOutcome::Created => {
-                    self.wakeups.notify(Channel::Telegram);
+                    self.dispatch.notify(Channel::Telegram);
                     CodeRequest::Sent
                 }
                 LinkCodeOutcome::AlreadyHandled => CodeRequest::AlreadyHandled,

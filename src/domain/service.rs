@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use crate::delivery::Wakeups;
+use crate::delivery::{Dispatch, Reservation};
 
 use super::abuse::{AbuseSettings, SendQuota};
 use super::code::{Lifetime, Password};
@@ -96,7 +96,7 @@ pub struct OtpService {
     secret: Arc<Secret>,
     settings: CodeSettings,
     abuse: AbuseSettings,
-    delivery_wakeup: Arc<Wakeups>,
+    dispatch: Arc<Dispatch>,
     metrics: Arc<Metrics>,
     /// When the detector last logged a suspicion (milliseconds), so that an attack
     /// logs a line a minute rather than one per request.
@@ -110,7 +110,7 @@ impl OtpService {
         secret: Arc<Secret>,
         settings: CodeSettings,
         abuse: AbuseSettings,
-        delivery_wakeup: Arc<Wakeups>,
+        dispatch: Arc<Dispatch>,
         metrics: Arc<Metrics>,
     ) -> Self {
         OtpService {
@@ -119,7 +119,7 @@ impl OtpService {
             secret,
             settings,
             abuse,
-            delivery_wakeup,
+            dispatch,
             metrics,
             pumping_logged_at: AtomicI64::new(i64::MIN),
         }
@@ -179,6 +179,7 @@ impl OtpService {
             self.give_back(req.channel, &counted, now).await;
             return Err(e);
         }
+        let reservation = self.dispatch.reserve(req.channel, now);
         let code = NewCode {
             channel: req.channel,
             hash: self.secret.code_hash(req.channel, &target, &password),
@@ -191,8 +192,9 @@ impl OtpService {
             delivery_id: DeliveryId::new(now),
             content,
             code: password,
+            lease_until: reservation.as_ref().map(Reservation::lease_until),
         };
-        let outcome = self.store_code(code).await;
+        let outcome = self.store_code(code, reservation).await;
         match &outcome {
             Ok(_) => {
                 self.tally(
@@ -288,12 +290,22 @@ impl OtpService {
         }
     }
 
-    async fn store_code(&self, code: NewCode) -> Result<Created, OtpError> {
+    /// Stores the code; its job goes to the worker with `reservation`, or, without one,
+    /// the worker is woken to claim it.
+    async fn store_code(
+        &self,
+        code: NewCode,
+        reservation: Option<Reservation<'_>>,
+    ) -> Result<Created, OtpError> {
         let channel = code.channel;
         let (delivery_id, expires_at, now) = (code.delivery_id, code.expires_at, code.now);
+        let handover = reservation.map(|r| (r, code.handed_job()));
         match self.store.create_code(code).await? {
             CreateOutcome::Created => {
-                self.delivery_wakeup.notify(channel);
+                match handover {
+                    Some((reservation, job)) => reservation.hand(job),
+                    None => self.dispatch.notify(channel),
+                }
                 Ok(Created {
                     delivery_id,
                     expires_at,

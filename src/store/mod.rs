@@ -51,6 +51,25 @@ pub struct NewCode {
     pub code: Password,
     /// The target's wrong-guess budget, when it is on: a target past it is refused.
     pub failure_budget: Option<Quota>,
+    /// Set when the job is handed to this process's worker (`delivery::Dispatch`): it is
+    /// written already leased until then, at its first attempt, instead of queued.
+    pub lease_until: Option<Timestamp>,
+}
+
+impl NewCode {
+    /// The job as the worker it is handed to sends it: what a claim would return.
+    pub fn handed_job(&self) -> DeliveryJob {
+        DeliveryJob {
+            id: self.delivery_id,
+            channel: self.channel,
+            target: self.target.clone(),
+            content: self.content.clone(),
+            code: Some(self.code.clone()),
+            attempts: 1,
+            created_at: self.now,
+            expires_at: self.expires_at,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -199,6 +199,61 @@ async fn a_hanging_provider_times_out_into_the_next_and_holds_up_nothing_else() 
     assert_eq!(second.requests().len(), 1);
 }
 
+/// A code made while the worker has a sending slot free is stored already leased to it,
+/// at its first attempt, and sent without being claimed back from the store; one made
+/// while every slot is busy waits queued until a slot frees.
+#[tokio::test]
+async fn a_code_goes_straight_to_a_free_sending_slot_and_waits_queued_while_none_is() {
+    let gateway = FakeHttp::start().await;
+    gateway.hang();
+    let hook = format!("{}/hook", gateway.url());
+    let t = TestApp::spawn_with(&[
+        "--sms-providers",
+        "webhook",
+        "--sms-webhook-url",
+        &hook,
+        "--delivery-workers",
+        "1",
+    ])
+    .await;
+    let handed = create_sms(&t, json!({})).await;
+    let d = t.delivery(&handed).await;
+    assert_eq!(
+        (&d["state"], &d["attempts"]),
+        (&json!("sending"), &json!(1)),
+        "{d}"
+    );
+    gateway.wait_for_requests(1).await;
+
+    let queued = create_sms(&t, json!({"phone": "77017654321"})).await;
+    let d = t.delivery(&queued).await;
+    assert_eq!(
+        (&d["state"], &d["attempts"]),
+        (&json!("queued"), &json!(0)),
+        "{d}"
+    );
+
+    gateway.respond(200, "{}");
+    for id in [&handed, &queued] {
+        let d = t.finished_delivery(id).await;
+        assert_eq!(
+            (&d["state"], &d["attempts"]),
+            (&json!("sent"), &json!(1)),
+            "{d}"
+        );
+    }
+    let sent: Vec<Value> = gateway
+        .requests()
+        .iter()
+        .map(|r| r.json()["id"].clone())
+        .collect();
+    assert_eq!(
+        sent,
+        [json!(handed), json!(queued)],
+        "each sent once, in order"
+    );
+}
+
 #[tokio::test]
 async fn a_planned_retry_survives_a_restart() {
     let gateway = FakeHttp::start().await;

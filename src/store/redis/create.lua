@@ -1,13 +1,14 @@
 -- Create a code. KEYS: rules, ip sends, target sends, codes, guesses (which also holds
 -- the target's wrong-guess budget, see check.lua), queue, job, msg. ARGV: now,
 -- expires_at, max_active, hash (hex), has_ip, send member, default target rules (JSON),
--- delivery id, channel, target, payload, retention (ms), and the budget's limit when the
--- budget is on.
+-- delivery id, channel, target, payload, retention (ms), the lease ('' unless the job is
+-- handed to its worker at once, see enqueue), and the budget's limit when the budget is
+-- on.
 local now, expires = tonumber(ARGV[1]), tonumber(ARGV[2])
-if ARGV[13] then
+if ARGV[14] then
   -- The budget lives in the guesses hash (see check.lua).
   local spent, resets_at = counted(KEYS[5], now, 'spent', 'spent_until')
-  if spent >= tonumber(ARGV[13]) then return {'failure_budget', resets_at} end
+  if spent >= tonumber(ARGV[14]) then return {'failure_budget', resets_at} end
 end
 local stored = redis.call('HMGET', KEYS[1], 'ip', 'target')
 local ip_rules = rules_from(stored[1])
@@ -37,6 +38,7 @@ redis.call('PEXPIRE', KEYS[4], ttl(latest, now))
 redis.call('HDEL', KEYS[5], 'failures', 'burned', 'until')
 if ARGV[5] == '1' then record(KEYS[2], ip_rules, now, ARGV[6]) end
 record(KEYS[3], target_rules, now, ARGV[6])
+local lease_until = ARGV[13] ~= '' and ARGV[13] or nil
 enqueue(KEYS[6], KEYS[7], KEYS[8], ARGV[8], ARGV[9], ARGV[10], ARGV[11], now, expires,
-  tonumber(ARGV[12]))
+  tonumber(ARGV[12]), lease_until)
 return {'created'}

@@ -11,6 +11,10 @@ local entry = held[3]
 if entry then
   redis.call('XACK', KEYS[3], 'workers', entry)
   redis.call('XDEL', KEYS[3], entry)
+elseif ARGV[2] ~= 'queued' then
+  -- A job handed to its worker at creation has no entry: it waits in the delayed set
+  -- until its lease ends (a retry below moves it there anyway).
+  redis.call('ZREM', KEYS[4], ARGV[9])
 end
 -- One write of the fields set and one of those cleared (each call costs more than its
 -- fields).

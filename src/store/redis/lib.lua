@@ -54,21 +54,37 @@ local function ttl(until_, now)
   return math.max(1, until_ - now)
 end
 
--- The jobs not yet ended, by creation time (queue depth and age for the metrics);
--- `queue` is "<tag>:queue".
+-- The key `name` of the channel whose queue is `queue` ("<tag>:queue").
+local function beside(queue, name)
+  return string.sub(queue, 1, -6) .. name
+end
+
+-- The jobs not yet ended, by creation time (queue depth and age for the metrics).
 local function unfinished_of(queue)
-  return string.sub(queue, 1, -7) .. ':unfinished'
+  return beside(queue, 'unfinished')
 end
 
 -- Puts a job in the outbox: its metadata, its message (which Redis erases by itself at
--- the code's expiry at the latest) and its stream entry.
-local function enqueue(queue, job, msg, id, channel, target, payload, now, expires, retention)
-  redis.call('HSET', job, 'channel', channel, 'target', target, 'state', 'queued',
-    'attempts', 0, 'created_at', now, 'updated_at', now, 'expires_at', expires,
-    'next_attempt_at', now)
+-- the code's expiry at the latest) and its stream entry. A job handed to its worker at
+-- once (`lease_until` given) is written as a claim would leave it, with no stream entry:
+-- it waits in the delayed set until its lease ends, and is taken again from there
+-- should its worker die before finishing it.
+local function enqueue(queue, job, msg, id, channel, target, payload, now, expires, retention,
+                       lease_until)
+  local fields = {'channel', channel, 'target', target, 'created_at', now, 'updated_at', now,
+    'expires_at', expires, 'next_attempt_at', now,
+    'state', lease_until and 'sending' or 'queued', 'attempts', lease_until and 1 or 0}
+  if lease_until then
+    table.insert(fields, 'lease_until'); table.insert(fields, lease_until)
+  end
+  redis.call('HSET', job, unpack(fields))
   redis.call('PEXPIRE', job, ttl(expires, now) + retention)
   redis.call('SET', msg, payload, 'PX', ttl(expires, now))
-  redis.call('XADD', queue, '*', 'id', id)
+  if lease_until then
+    redis.call('ZADD', beside(queue, 'delayed'), lease_until, id)
+  else
+    redis.call('XADD', queue, '*', 'id', id)
+  end
   redis.call('ZADD', unfinished_of(queue), now, id)
 end
 

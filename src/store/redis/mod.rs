@@ -204,7 +204,12 @@ impl Store for RedisStore {
             .arg(ch.as_str())
             .arg(&code.target)
             .arg(Payload::encode(&code)?)
-            .arg(RETENTION.as_millis() as u64);
+            .arg(RETENTION.as_millis() as u64)
+            .arg(
+                code.lease_until
+                    .map(|t| t.millis().to_string())
+                    .unwrap_or_default(),
+            );
         // The budget is kept in the target's guesses hash (create.lua), not under its key.
         if let Some(budget) = &code.failure_budget {
             call.arg(budget.limit);

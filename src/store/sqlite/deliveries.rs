@@ -9,13 +9,19 @@ use crate::domain::Channel;
 use crate::store::outbox::{AttemptEnd, Payload, StoredTry, cap_history};
 use crate::store::{DeliveryStatus, EndedJobs, NewCode, OutboxStats, StoreError};
 
+/// Writes the code's job queued, or, when it is handed to this process's worker, as a
+/// claim would leave it: `sending`, leased, at its first attempt.
 pub(super) fn enqueue(conn: &Connection, code: &NewCode) -> Result<(), StoreError> {
     let payload = Payload::encode(code)?;
     let now = code.now.millis();
+    let (state, attempts) = match code.lease_until {
+        Some(_) => ("sending", 1),
+        None => ("queued", 0),
+    };
     conn.prepare_cached(
         "INSERT INTO deliveries (id, channel, target, payload, state, created_at, updated_at,
-                                 expires_at, next_attempt_at)
-         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5, ?6, ?5)",
+                                 expires_at, next_attempt_at, attempts, lease_until)
+         VALUES (?1, ?2, ?3, ?4, ?7, ?5, ?5, ?6, ?5, ?8, ?9)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -24,7 +30,10 @@ pub(super) fn enqueue(conn: &Connection, code: &NewCode) -> Result<(), StoreErro
             code.target,
             payload,
             now,
-            code.expires_at.millis()
+            code.expires_at.millis(),
+            state,
+            attempts,
+            code.lease_until.map(Timestamp::millis),
         ])
     })
     .map_err(map_err)?;
