@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use otpd::clock::Clock;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -299,4 +300,95 @@ async fn a_full_redis_refuses_every_check_instead_of_counting_only_some() {
     set_limit(&mut admin, "0");
     let right = json!({"phone": PHONE, "password": "864200"});
     assert_eq!(t.check_outcome("sms", right).await, "ok");
+}
+
+/// Before leases moved to the delayed set, a worker's claim left the job's stream entry
+/// pending in the consumer group until the job ended. Such a job, left by a worker of
+/// that version, is neither lost nor taken early: it is sent once its lease runs out.
+#[tokio::test]
+async fn a_job_an_earlier_version_left_leased_in_the_stream_is_sent_when_its_lease_ends() {
+    if !redis_server::available() {
+        redis_server::skip_notice("a_job_an_earlier_version_left_leased");
+        return;
+    }
+    let store = TestStore::redis(redis_server::shared_url());
+    let t = TestApp::spawn_on(store.clone(), &["--delivery-workers", "0"]).await;
+    let created = t
+        .post_ok("/sms", json!({"phone": PHONE, "password": "5550"}))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let TestStore::Redis { url, prefix } = &store else {
+        unreachable!("a Redis store")
+    };
+    let mut redis = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let (queue, job) = (
+        format!("{{{prefix}:sms}}:queue"),
+        format!("{{{prefix}:sms}}:job:{id}"),
+    );
+    // What that version's claim wrote: the entry read into the group, the lease on the job.
+    let _: redis::Value = redis::cmd("XGROUP")
+        .arg(&["CREATE", &queue, "workers", "0", "MKSTREAM"])
+        .query(&mut redis)
+        .unwrap_or(redis::Value::Nil);
+    type Read = Vec<(String, Vec<(String, Vec<String>)>)>;
+    let read: Read = redis::cmd("XREADGROUP")
+        .arg(&[
+            "GROUP", "workers", "gone", "COUNT", "1", "STREAMS", &queue, ">",
+        ])
+        .query(&mut redis)
+        .unwrap();
+    let entry = read[0].1[0].0.clone();
+    let lease_until = t.clock.now().millis() + 60_000;
+    let _: () = redis::cmd("HSET")
+        .arg(&job)
+        .arg(&["state", "sending", "attempts", "1", "entry", &entry])
+        .arg("lease_until")
+        .arg(lease_until)
+        .query(&mut redis)
+        .unwrap();
+
+    let t = t.restart_with(Vec::new()).await;
+    let pending = |redis: &mut redis::Connection| -> i64 {
+        let summary: (i64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+            .arg(&queue)
+            .arg("workers")
+            .query(redis)
+            .unwrap();
+        summary.0
+    };
+    for _ in 0..500 {
+        if pending(&mut redis) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        pending(&mut redis),
+        0,
+        "the worker took over the entry's lease"
+    );
+    let d = t.delivery(&id).await;
+    assert_eq!(
+        (&d["state"], &d["attempts"]),
+        (&json!("sending"), &json!(1)),
+        "{d}"
+    );
+
+    t.advance(61);
+    let d = t.finished_delivery(&id).await;
+    assert_eq!(
+        (&d["state"], &d["attempts"]),
+        (&json!("sent"), &json!(2)),
+        "{d}"
+    );
+    let sent = t
+        .console
+        .lines()
+        .iter()
+        .filter(|l| l.contains("5550"))
+        .count();
+    assert_eq!(sent, 1, "sent once, by the worker that took it over");
 }

@@ -5,10 +5,15 @@
 -- handed to its worker at once, see enqueue), and the budget's limit when the budget is
 -- on.
 local now, expires = tonumber(ARGV[1]), tonumber(ARGV[2])
+-- Whether the target has a round of guesses to end; unknown unless the budget is read.
+local round = true
 if ARGV[14] then
-  -- The budget lives in the guesses hash (see check.lua).
-  local spent, resets_at = counted(KEYS[5], now, 'spent', 'spent_until')
-  if spent >= tonumber(ARGV[14]) then return {'failure_budget', resets_at} end
+  -- The budget lives in the guesses hash (see check.lua), beside the round.
+  local held = redis.call('HMGET', KEYS[5], 'spent', 'spent_until', 'until')
+  if held[2] and tonumber(held[2]) > now and tonumber(held[1]) >= tonumber(ARGV[14]) then
+    return {'failure_budget', tonumber(held[2])}
+  end
+  round = held[3] ~= false
 end
 local stored = redis.call('HMGET', KEYS[1], 'ip', 'target')
 local ip_rules = rules_from(stored[1])
@@ -35,7 +40,7 @@ if #held > 0 then redis.call('DEL', KEYS[4]) end
 redis.call('RPUSH', KEYS[4], unpack(kept))
 redis.call('PEXPIRE', KEYS[4], ttl(latest, now))
 -- A new send starts a new round of guesses; the budget goes on.
-redis.call('HDEL', KEYS[5], 'failures', 'burned', 'until')
+if round then redis.call('HDEL', KEYS[5], 'failures', 'burned', 'until') end
 if ARGV[5] == '1' then record(KEYS[2], ip_rules, now, ARGV[6]) end
 record(KEYS[3], target_rules, now, ARGV[6])
 local lease_until = ARGV[13] ~= '' and ARGV[13] or nil

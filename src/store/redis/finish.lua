@@ -8,13 +8,10 @@ if held[1] ~= 'sending' or held[2] ~= ARGV[1] then
   return 0
 end
 local entry = held[3]
+-- Claimed by an earlier otpd, which kept leases in the stream's consumer group.
 if entry then
   redis.call('XACK', KEYS[3], 'workers', entry)
   redis.call('XDEL', KEYS[3], entry)
-elseif ARGV[2] ~= 'queued' then
-  -- A job handed to its worker at creation has no entry: it waits in the delayed set
-  -- until its lease ends (a retry below moves it there anyway).
-  redis.call('ZREM', KEYS[4], ARGV[9])
 end
 -- One write of the fields set and one of those cleared (each call costs more than its
 -- fields).
@@ -35,18 +32,24 @@ if ARGV[2] == 'queued' then
 end
 redis.call('HDEL', job, unpack(clear))
 redis.call('HSET', job, unpack(set))
-for i = 10, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
--- The first 10 entries and the latest 40 (outbox::cap_history).
-while redis.call('LLEN', KEYS[2]) > 50 do
-  redis.call('LSET', KEYS[2], 10, '\0drop')
-  redis.call('LREM', KEYS[2], 1, '\0drop')
+if #ARGV >= 10 then
+  -- The first 10 entries and the latest 40 (outbox::cap_history).
+  local kept = redis.call('RPUSH', KEYS[2], unpack(ARGV, 10))
+  while kept > 50 do
+    redis.call('LSET', KEYS[2], 10, '\0drop')
+    redis.call('LREM', KEYS[2], 1, '\0drop')
+    kept = kept - 1
+  end
 end
+-- The job's lease in the delayed set (see claim.lua) becomes its retry's due time, or
+-- goes with its end.
 if ARGV[2] == 'queued' then
   redis.call('ZADD', KEYS[4], ARGV[6], ARGV[9])
   redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', job))
 else
   -- The message held the code: it goes with the job's end.
   redis.call('DEL', KEYS[5])
+  redis.call('ZREM', KEYS[4], ARGV[9])
   redis.call('ZREM', unfinished_of(KEYS[3]), ARGV[9])
   redis.call('PEXPIRE', job, ARGV[8])
   redis.call('PEXPIRE', KEYS[2], ARGV[8])

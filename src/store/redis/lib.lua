@@ -102,10 +102,9 @@ local function expire_job(job, msg, now, retention)
 end
 
 -- Quotas and counters are hashes {count, resets_at}; a counter past its resets_at counts
--- as zero, by the application's clock, as the SQLite store does. The wrong-guess budget
--- is such a counter kept in a target's guesses hash, under other field names.
-local function counted(key, now, count_field, until_field)
-  local state = redis.call('HMGET', key, count_field or 'count', until_field or 'resets_at')
+-- as zero, by the application's clock, as the SQLite store does.
+local function counted(key, now)
+  local state = redis.call('HMGET', key, 'count', 'resets_at')
   if state[2] and tonumber(state[2]) > now then
     return tonumber(state[1]), tonumber(state[2])
   end
