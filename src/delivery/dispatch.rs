@@ -70,14 +70,14 @@ impl Dispatch {
 
     /// A sending slot for a job about to be created, when the worker has one free and
     /// no job is waiting queued before it.
-    pub fn reserve(&self, channel: Channel, now: Timestamp) -> Option<Reservation<'_>> {
+    pub fn reserve(&self, channel: Channel, now: Timestamp) -> Option<Reservation> {
         let dispatch = self.get(channel);
         if dispatch.queued.load(Ordering::Relaxed) {
             return None;
         }
         let slot = Arc::clone(&dispatch.slots).try_acquire_owned().ok()?;
         Some(Reservation {
-            dispatch,
+            handed: dispatch.handed.clone(),
             slot,
             lease_until: now.plus(self.lease),
         })
@@ -115,13 +115,13 @@ impl Dispatch {
 
 /// A sending slot held for a job being created. Dropped unused (the create was refused
 /// or failed), the slot is free again.
-pub struct Reservation<'a> {
-    dispatch: &'a ChannelDispatch,
+pub struct Reservation {
+    handed: mpsc::UnboundedSender<Handed>,
     slot: OwnedSemaphorePermit,
     lease_until: Timestamp,
 }
 
-impl Reservation<'_> {
+impl Reservation {
     /// The lease the job is written with.
     pub fn lease_until(&self) -> Timestamp {
         self.lease_until
@@ -134,7 +134,7 @@ impl Reservation<'_> {
             job,
             slot: self.slot,
         };
-        if self.dispatch.handed.send(handed).is_err() {
+        if self.handed.send(handed).is_err() {
             tracing::debug!("the worker has stopped; a handed job waits for its lease to end");
         }
     }

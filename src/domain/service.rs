@@ -295,22 +295,46 @@ impl OtpService {
     async fn store_code(
         &self,
         code: NewCode,
-        reservation: Option<Reservation<'_>>,
+        reservation: Option<Reservation>,
     ) -> Result<Created, OtpError> {
         let channel = code.channel;
         let (delivery_id, expires_at, now) = (code.delivery_id, code.expires_at, code.now);
-        let handover = reservation.map(|r| (r, code.handed_job()));
-        match self.store.create_code(code).await? {
-            CreateOutcome::Created => {
-                match handover {
-                    Some((reservation, job)) => reservation.hand(job),
-                    None => self.dispatch.notify(channel),
-                }
-                Ok(Created {
-                    delivery_id,
-                    expires_at,
-                })
+        let outcome = match reservation {
+            Some(reservation) => {
+                let job = code.handed_job();
+                let store = Arc::clone(&self.store);
+                // A task of its own, so that a client going away mid-request cannot part
+                // the stored job from its hand-over: written leased but never handed, it
+                // would wait for its lease to end before anyone sent it.
+                let stored = tokio::spawn(async move {
+                    let outcome = store.create_code(code).await;
+                    if let Ok(CreateOutcome::Created) = outcome {
+                        reservation.hand(job);
+                    }
+                    outcome
+                });
+                stored.await.map_err(|e| {
+                    let how = if e.is_panic() {
+                        "panicked"
+                    } else {
+                        "was cancelled"
+                    };
+                    StoreError::Internal(format!("the task storing a code {how}"))
+                })??
             }
+            None => {
+                let outcome = self.store.create_code(code).await?;
+                if outcome == CreateOutcome::Created {
+                    self.dispatch.notify(channel);
+                }
+                outcome
+            }
+        };
+        match outcome {
+            CreateOutcome::Created => Ok(Created {
+                delivery_id,
+                expires_at,
+            }),
             CreateOutcome::IpRequired => Err(OtpError::IpRequired),
             CreateOutcome::Limited(kind, hit) => Err(OtpError::Limited { channel, kind, hit }),
             CreateOutcome::FailureBudgetSpent { resets_at } => Err(OtpError::FailureBudgetSpent {
