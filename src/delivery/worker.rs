@@ -87,32 +87,24 @@ impl Worker {
                 look |= needs_look(channel, done);
             }
             while let Ok(Handed { job, slot }) = handed.try_recv() {
-                self.start(&mut in_flight, job, slot);
+                self.start(&mut in_flight, job, Some(slot));
             }
             let free = slots.available_permits();
             if look && free > 0 {
-                // Slots are taken before the claim, so that jobs handed over meanwhile
-                // never make more than `concurrency` sends at once.
-                if let Some(held) = u32::try_from(free)
-                    .ok()
-                    .and_then(|n| Arc::clone(&slots).try_acquire_many_owned(n).ok())
-                {
-                    poll_at = tokio::time::Instant::now() + self.settings.poll_interval;
-                    match self.claim(channel, free, held, &mut in_flight).await {
-                        Ok(true) => continue,
-                        Ok(false) => {
-                            look = false;
-                            self.dispatch.drained(channel);
-                            next_due = self.next_due(channel).await;
-                        }
-                        // After a store error, only the poll interval: due jobs would
-                        // look due at once and the loop would spin against a store that
-                        // keeps failing.
-                        Err(e) => {
-                            tracing::warn!(%channel, error = %e, "cannot take delivery jobs");
-                            look = false;
-                            next_due = None;
-                        }
+                poll_at = tokio::time::Instant::now() + self.settings.poll_interval;
+                match self.claim(channel, free, &mut in_flight).await {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        look = false;
+                        self.dispatch.drained(channel);
+                        next_due = self.next_due(channel).await;
+                    }
+                    // After a store error, only the poll interval: due jobs would look due
+                    // at once and the loop would spin against a store that keeps failing.
+                    Err(e) => {
+                        tracing::warn!(%channel, error = %e, "cannot take delivery jobs");
+                        look = false;
+                        next_due = None;
                     }
                 }
             }
@@ -126,7 +118,7 @@ impl Worker {
             tokio::select! {
                 _ = wakeup.notified() => look = true,
                 Some(Handed { job, slot }) = handed.recv() => {
-                    self.start(&mut in_flight, job, slot);
+                    self.start(&mut in_flight, job, Some(slot));
                 }
                 _ = due => {
                     look = true;
@@ -152,20 +144,21 @@ impl Worker {
         // leased in the store until its lease ends.
         handed.close();
         while let Ok(Handed { job, slot }) = handed.try_recv() {
-            self.start(&mut in_flight, job, slot);
+            self.start(&mut in_flight, job, Some(slot));
         }
         while let Some(done) = in_flight.join_next().await {
             needs_look(channel, done);
         }
     }
 
-    /// Claims up to `free` due jobs, each sent holding one of the `held` slots; true
-    /// when it got as many as asked (more may be waiting).
+    /// Claims up to `free` due jobs; true when it got as many as asked (more may be
+    /// waiting). Slots are not held during the claim, so that codes created meanwhile
+    /// can still be handed over; a job whose slot such a code took is sent without one,
+    /// a moment over `concurrency`.
     async fn claim(
         self: &Arc<Self>,
         channel: Channel,
         free: usize,
-        mut held: OwnedSemaphorePermit,
         in_flight: &mut JoinSet<bool>,
     ) -> Result<bool, StoreError> {
         let now = self.clock.now();
@@ -176,11 +169,10 @@ impl Worker {
             .await?;
         count_ended_by_store(&self.metrics, &ended);
         let full = jobs.len() >= free;
+        let slots = self.dispatch.slots(channel);
         for job in jobs {
-            match held.split(1) {
-                Some(slot) => self.start(in_flight, job, slot),
-                None => tracing::error!(%channel, "the store gave more jobs than were asked for"),
-            }
+            let slot = Arc::clone(slots).try_acquire_owned().ok();
+            self.start(in_flight, job, slot);
         }
         Ok(full)
     }
@@ -194,12 +186,12 @@ impl Worker {
         })
     }
 
-    /// Sends `job` in a task of its own, which holds the sending slot until it ends.
+    /// Sends `job` in a task of its own, which holds its sending slot until it ends.
     fn start(
         self: &Arc<Self>,
         in_flight: &mut JoinSet<bool>,
         job: DeliveryJob,
-        slot: OwnedSemaphorePermit,
+        slot: Option<OwnedSemaphorePermit>,
     ) {
         let worker = Arc::clone(self);
         in_flight.spawn(async move {

@@ -392,3 +392,43 @@ async fn a_job_an_earlier_version_left_leased_in_the_stream_is_sent_when_its_lea
         .count();
     assert_eq!(sent, 1, "sent once, by the worker that took it over");
 }
+
+/// A code's job handed to the worker at creation is written leased, so that nobody else
+/// sends it while the lease lasts. A client that gives up while the code is being
+/// stored must not leave it there unhanded: it is sent at once, not when the lease ends.
+#[tokio::test]
+async fn a_code_whose_client_gave_up_while_it_was_stored_is_still_sent_at_once() {
+    if !redis_server::can_start("redis-server", "a_code_whose_client_gave_up") {
+        return;
+    }
+    let redis = RedisServer::start(false);
+    let t = TestApp::spawn_on(TestStore::redis(redis.url()), &[]).await;
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    // Writes wait for half a second: the create is held in the store meanwhile.
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "500", "WRITE"])
+        .query(&mut admin)
+        .unwrap();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("{}/sms", t.base))
+        .json(&json!({"phone": PHONE, "password": "7117"}))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client gave up before the answer");
+
+    // The clock never moves, so no lease ends: only a job handed over is sent.
+    for _ in 0..500 {
+        if t.console.lines().iter().any(|l| l.contains("7117")) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the code was not sent: {:?}", t.console.lines());
+}
