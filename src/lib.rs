@@ -152,10 +152,15 @@ impl App {
             source,
         })?;
 
-        let dispatch = Arc::new(Dispatch::new(
-            usize::from(config.delivery_workers),
-            config.delivery_lease(),
-        ));
+        let delivery = DeliverySettings {
+            concurrency: usize::from(config.delivery_workers),
+            lease: config.delivery_lease(),
+            provider_timeout: config.delivery.timeout(),
+            poll_interval: Duration::from_secs(1),
+            retry_base: Duration::from_secs(2),
+            retry_cap: Duration::from_secs(120),
+        };
+        let dispatch = Arc::new(Dispatch::new(delivery.concurrency, delivery.lease));
         let settings = CodeSettings {
             code_length: config.code_length,
             default_lifetime: Duration::from_secs(config.default_lifetime),
@@ -247,19 +252,12 @@ impl App {
                 }
             }));
         }
-        if config.delivery_workers > 0 {
+        if delivery.concurrency > 0 {
             let worker = Arc::new(Worker::new(
                 store.clone(),
                 chains,
                 deps.clock.clone(),
-                DeliverySettings {
-                    concurrency: usize::from(config.delivery_workers),
-                    lease: config.delivery_lease(),
-                    provider_timeout: config.delivery.timeout(),
-                    poll_interval: Duration::from_secs(1),
-                    retry_base: Duration::from_secs(2),
-                    retry_cap: Duration::from_secs(120),
-                },
+                delivery,
                 dispatch,
                 metrics.clone(),
             ));

@@ -194,8 +194,7 @@ pub struct AccessLine<'a> {
 }
 
 impl AccessLine<'_> {
-    /// The target the line is logged under (what `RUST_LOG` names); `trace` spells it
-    /// out, since a macro's static cannot name `Self`.
+    /// The target the line is logged under (what `RUST_LOG` names).
     pub const TARGET: &'static str = "otpd::http";
 
     /// Writes the line straight to the sink once `write_access_lines_to` was called;
@@ -212,7 +211,7 @@ impl AccessLine<'_> {
 
     fn trace(&self) {
         tracing::info!(
-            target: "otpd::http",
+            target: AccessLine::TARGET,
             request_id = %self.request_id,
             method = %self.method,
             route = %self.route,

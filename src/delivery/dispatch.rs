@@ -56,7 +56,7 @@ impl Dispatch {
             }
         };
         Dispatch {
-            channels: [0, 1, 2, 3].map(channel),
+            channels: std::array::from_fn(channel),
             lease,
         }
     }

@@ -9,10 +9,7 @@ local now = tonumber(ARGV[1])
 local held = redis.call('HMGET', KEYS[2], 'failures', 'burned', 'until', 'spent',
   'spent_until')
 local budget = ARGV[4] and tonumber(ARGV[4])
-local spent, spent_until = 0, nil
-if held[5] and tonumber(held[5]) > now then
-  spent, spent_until = tonumber(held[4]), tonumber(held[5])
-end
+local spent, spent_until = running(held[4], held[5], now)
 if budget and spent >= budget then return 'attempts_exceeded' end
 
 local failures, round_until = 0, nil

@@ -10,9 +10,8 @@ local round = true
 if ARGV[14] then
   -- The budget lives in the guesses hash (see check.lua), beside the round.
   local held = redis.call('HMGET', KEYS[5], 'spent', 'spent_until', 'until')
-  if held[2] and tonumber(held[2]) > now and tonumber(held[1]) >= tonumber(ARGV[14]) then
-    return {'failure_budget', tonumber(held[2])}
-  end
+  local spent, resets_at = running(held[1], held[2], now)
+  if spent >= tonumber(ARGV[14]) then return {'failure_budget', resets_at} end
   round = held[3] ~= false
 end
 local stored = redis.call('HMGET', KEYS[1], 'ip', 'target')

@@ -101,21 +101,26 @@ local function expire_job(job, msg, now, retention)
     string.sub(job, string.find(job, ':job:', 1, true) + 5))
 end
 
--- Quotas and counters are hashes {count, resets_at}; a counter past its resets_at counts
--- as zero, by the application's clock, as the SQLite store does.
-local function counted(key, now)
-  local state = redis.call('HMGET', key, 'count', 'resets_at')
-  if state[2] and tonumber(state[2]) > now then
-    return tonumber(state[1]), tonumber(state[2])
-  end
+-- A counter's value and its end, from the two fields stored for it; one past its end
+-- counts as zero (and is not running: nil end), by the application's clock, as the
+-- SQLite store does.
+local function running(count, until_, now)
+  if until_ and tonumber(until_) > now then return tonumber(count), tonumber(until_) end
   return 0, nil
 end
 
+-- Quotas and counters are hashes {count, resets_at}. (The wrong-guess budget is such a
+-- counter kept in a target's guesses hash as 'spent' and 'spent_until'.)
+local function counted(key, now)
+  local state = redis.call('HMGET', key, 'count', 'resets_at')
+  return running(state[1], state[2], now)
+end
+
 -- Counts one against a counter whatever its limit, given what `counted` read of it
--- (`running`: its resets_at, nil when not running); one not running starts again,
--- ending at `resets_at`.
-local function count_one(key, running, resets_at, now)
-  if running then
+-- (`ends`: its resets_at, nil when not running); one not running starts again, ending
+-- at `resets_at`.
+local function count_one(key, ends, resets_at, now)
+  if ends then
     redis.call('HINCRBY', key, 'count', 1)
   else
     redis.call('HSET', key, 'count', 1, 'resets_at', resets_at)
