@@ -7,6 +7,7 @@ pub mod code;
 pub mod limits;
 pub mod link;
 pub mod message;
+mod phone_kind;
 pub mod phone_policy;
 pub mod pumping;
 pub mod secret;

@@ -6,10 +6,10 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
-use phonenumber::metadata::DATABASE;
 use phonenumber::{PhoneNumber, Type};
 
 use super::Channel;
+use super::phone_kind;
 use super::target::Phone;
 
 /// An ISO 3166-1 alpha-2 country code, upper-case, as libphonenumber's metadata knows it.
@@ -20,10 +20,6 @@ impl Country {
     pub fn as_str(&self) -> &str {
         // Both bytes are ASCII upper-case letters (see from_str).
         std::str::from_utf8(&self.0).unwrap_or("??")
-    }
-
-    fn of(id: phonenumber::country::Id) -> Option<Country> {
-        id.as_ref().parse().ok()
     }
 }
 
@@ -100,27 +96,27 @@ impl PhonePolicy {
     /// would wait ~100 ms for it: the benchmark's p99 showed it).
     pub fn warm_up() {
         if let Ok(number) = phonenumber::parse(None, "+77011234567") {
-            let _ = number.is_valid();
-            let _ = number.number_type(&DATABASE);
+            let _ = phone_kind::classify(&number);
         }
     }
 
     /// The country of a number, whatever the lists say.
     pub fn country_of(phone: &Phone) -> Option<Country> {
-        country(&parse(phone)?)
+        let (region, _) = phone_kind::classify(&parse(phone)?)?;
+        region.id().parse().ok()
     }
 
     /// The phone's country when `channel` may send to it.
     pub fn admit(&self, channel: Channel, phone: &Phone) -> Result<Country, PhoneRefusal> {
         let number = parse(phone).ok_or(PhoneRefusal::Invalid)?;
-        // A number is valid when its country's plan gives it a type: libphonenumber's
+        // A number is valid when its country's plan gives it a kind: libphonenumber's
         // `is_valid` decides exactly that, so asking it too would run every pattern
         // again (a third of the time this took).
-        let kind = number.number_type(&DATABASE);
+        let (region, kind) = phone_kind::classify(&number).ok_or(PhoneRefusal::Invalid)?;
         if kind == Type::Unknown {
             return Err(PhoneRefusal::Invalid);
         }
-        let country = country(&number).ok_or(PhoneRefusal::Invalid)?;
+        let country: Country = region.id().parse().map_err(|_| PhoneRefusal::Invalid)?;
         if let Some(kind) = refused_kind(channel, kind) {
             return Err(PhoneRefusal::Kind(kind));
         }
@@ -140,10 +136,6 @@ impl PhonePolicy {
 
 fn parse(phone: &Phone) -> Option<PhoneNumber> {
     phonenumber::parse(None, format!("+{}", phone.digits())).ok()
-}
-
-fn country(number: &PhoneNumber) -> Option<Country> {
-    number.country().id().and_then(Country::of)
 }
 
 /// SMS go to mobiles and fixed lines (some take SMS); a call may also ring a VoIP or
