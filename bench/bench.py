@@ -5,6 +5,7 @@ import atexit
 import json
 import os
 import re
+import statistics
 import signal
 import socket
 import subprocess
@@ -39,6 +40,13 @@ SEEDED = {"right": 60_000, "wrong": 30_000} if QUICK else {"right": CHECK_STRIDE
 WRONG_GUESSES_PER_CODE = 2 if QUICK else 1
 
 results = []
+# Which part of the run a figure belongs to: the baseline is measured at the start,
+# between the two stores and at the end, and each store's figures are taken as ratios
+# to the mean of the two baselines around them. The machine's speed drifts within a run
+# (one full run's baseline went from 149,000 to 141,000 req/s, and every figure after
+# it slowed alike), and a baseline measured only at the start charged that drift to the
+# store measured last.
+section = 0
 # Processes whose CPU time each wrk run accounts for, by name ("server", "redis").
 watched = {}
 # The benchmark's Redis, once started: each run notes whether Redis forked meanwhile (an
@@ -140,7 +148,7 @@ def wrk(name, url, script_args=None, body=None):
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     row = {"name": name, "rps": rps, "p50_ms": p50, "p99_ms": p99,
            "non_2xx": int(errors.group(1)) if errors else 0, "cpu_us_per_request": cpu_us,
-           "redis_forked": forks > 0}
+           "redis_forked": forks > 0, "section": section}
     results.append(row)
     cpu = " ".join(f"{who} {us:.0f}" for who, us in cpu_us.items())
     print(f"  {name:<44} {rps:>10.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
@@ -392,16 +400,29 @@ def main():
     watched["server"] = baseline.proc.pid
     sink = f"http://127.0.0.1:{sink_port}"
     wait_http(sink + "/")
+    global section
+
+    def measure_baseline(name):
+        watched["server"] = baseline.proc.pid
+        row = wrk(name, sink + "/sms", body='{"phone":"77011234567","password":"123456"}')
+        row["baseline"] = True
+        return row
+
     print("baseline:", flush=True)
-    base = wrk("baseline POST (parse JSON, answer)", sink + "/sms",
-               body='{"phone":"77011234567","password":"123456"}')
+    baselines = [measure_baseline("baseline POST (parse JSON, answer)")]
 
     memory = {}
     work = tempfile.mkdtemp()
     memory["sqlite"] = store_run("sqlite", f"sqlite://{work}/otpd.db", "otpd")
+    section = 1
+    print("baseline:", flush=True)
+    baselines.append(measure_baseline("baseline POST, between the stores"))
     redis, redis_url = redis_server()
     try:
         memory["redis"] = store_run("redis", redis_url, "bench")
+        section = 2
+        print("baseline:", flush=True)
+        baselines.append(measure_baseline("baseline POST, after the stores"))
         print("delivery:", flush=True)
         drain("sqlite", f"sqlite://{tempfile.mkdtemp()}/otpd.db", "otpd", sink)
         drain("redis", redis_url, "drain", sink)
@@ -409,9 +430,15 @@ def main():
         redis.stop()
         baseline.stop()
 
+    overall = statistics.mean(b["rps"] for b in baselines)
     for row in results:
-        if "rps" in row:
-            row["ratio_to_baseline"] = row["rps"] / base["rps"]
+        if row.get("baseline"):
+            # How far the machine drifted: each baseline against their mean.
+            row["ratio_to_baseline"] = row["rps"] / overall
+        elif "rps" in row:
+            around = baselines[row["section"]:row["section"] + 2]
+            row["baseline_rps"] = statistics.mean(b["rps"] for b in around)
+            row["ratio_to_baseline"] = row["rps"] / row["baseline_rps"]
     print()
     # CPU per request: the server (baseline or otpd), redis-server, the whole machine
     # (wrk and the kernel included).
@@ -426,6 +453,8 @@ def main():
                   f"{redis_us:>8} {cpu['machine']:>7.0f}" + (" *" if row["redis_forked"] else ""))
         else:
             print(f"{row['name']:<52} {row['jobs_per_s']:>9.0f} jobs/s")
+    print("x base: a store's figure over the mean of the baselines measured before and after"
+          " its runs;\n        a baseline's over the mean of all three (the machine's drift).")
     if any(row.get("redis_forked") for row in results):
         print("* Redis rewrote its append-only file during the run (a forked child).")
     for store, figures in memory.items():
