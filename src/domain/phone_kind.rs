@@ -3,11 +3,10 @@
 //! each region's patterns compiled once and kept.
 //!
 //! The crate looks every pattern up in one process-wide cache of 100 compiled regexes,
-//! behind a mutex, hashing the pattern's whole text at each lookup. A number of a
-//! calling code that several regions share (+7, +1, +44) tries its regions' patterns in
-//! turn, and asking for its country tries them again: that was most of the phone check's
-//! time per create (BENCHMARKS.md, finding 25). Traffic from more regions than the cache
-//! holds would also compile patterns again on every request.
+//! behind a mutex, hashing the pattern's whole text at each lookup, and it finds a
+//! number's region again for its kind and again for its country: that was most of the
+//! phone check's time per create (BENCHMARKS.md, finding 25). Traffic from more regions
+//! than the cache holds would also compile patterns again on every request.
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, PoisonError, RwLock};
@@ -22,29 +21,34 @@ pub fn classify(number: &PhoneNumber) -> Option<(&'static Metadata, Type)> {
     let code = number.code().value();
     // As the crate reads it: the national number's value (leading zeros aside).
     let national = number.national().value().to_string();
-    let region = region_of(code, &national)?;
-    Some((region.meta, region.kind(&national)))
+    let (region, hits) = region_of(code, &national)?;
+    Some((region.meta, region.kind(&hits)))
 }
 
 /// `validator::source_for`: a region of its own for most codes; among regions sharing a
 /// code, the first whose leading digits start the number or, lacking those, whose plan
-/// gives it a kind.
-fn region_of(code: u16, national: &str) -> Option<&'static Region> {
+/// gives it a kind. With the region, which of its patterns start the number.
+fn region_of(code: u16, national: &str) -> Option<(&'static Region, Hits)> {
     let ids = DATABASE.region(&code)?;
-    match ids.as_slice() {
-        ["001"] => compiled(DATABASE.by_code(&code)?.into_iter().next()?),
+    let own = match ids.as_slice() {
+        ["001"] => compiled(DATABASE.by_code(&code)?.into_iter().next()?)?,
         [id] => {
             id.parse::<phonenumber::country::Id>().ok()?;
-            compiled(DATABASE.by_id(*id)?)
+            compiled(DATABASE.by_id(*id)?)?
         }
-        shared => shared.iter().find_map(|id| {
-            let region = compiled(DATABASE.by_id(*id)?)?;
-            let claims = region
-                .leads(national)
-                .unwrap_or_else(|| region.kind(national) != Type::Unknown);
-            claims.then_some(region)
-        }),
-    }
+        shared => {
+            return shared.iter().find_map(|id| {
+                let region = compiled(DATABASE.by_id(*id)?)?;
+                let hits = region.hits(national);
+                let claims = match region.leading_digits {
+                    Some(leading) => hits.set.matched(leading),
+                    None => region.kind(&hits) != Type::Unknown,
+                };
+                claims.then_some((region, hits))
+            });
+        }
+    };
+    Some((own, own.hits(national)))
 }
 
 /// Regions compiled so far, by calling code and region id. At most one per region of
@@ -122,18 +126,16 @@ impl Region {
         })
     }
 
-    /// Whether the region's leading digits start the number; `None` if it has none.
-    fn leads(&self, national: &str) -> Option<bool> {
-        let index = self.leading_digits?;
-        Some(self.patterns.matches(national).matched(index))
-    }
-
-    /// `validator::number_type`.
-    fn kind(&self, national: &str) -> Type {
-        let hits = Hits {
+    /// Every pattern of the region matched against the number, in one pass.
+    fn hits(&self, national: &str) -> Hits {
+        Hits {
             set: self.patterns.matches(national),
             length: national.len(),
-        };
+        }
+    }
+
+    /// `validator::number_type`, from the number's `hits`.
+    fn kind(&self, hits: &Hits) -> Type {
         if !hits.fit(&self.general) {
             return Type::Unknown;
         }

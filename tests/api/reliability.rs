@@ -12,6 +12,14 @@ use crate::support::TestApp;
 
 const PHONE: &str = "77011234567";
 
+/// SMS through `webhook` alone, to `gateway`.
+async fn webhook_app(gateway: &FakeHttp, more: &[&str]) -> TestApp {
+    let hook = format!("{}/hook", gateway.url());
+    let mut args = vec!["--sms-providers", "webhook", "--sms-webhook-url", &hook];
+    args.extend_from_slice(more);
+    TestApp::spawn_with(&args).await
+}
+
 /// SMS through `webhook` first, then `perfumer`.
 async fn two_provider_app(first: &str, second: &FakeHttp, more: &[&str]) -> TestApp {
     let hook = format!("{first}/hook");
@@ -116,8 +124,7 @@ fn secs(rfc3339: &Value) -> i64 {
 async fn retryable_failures_back_off_exponentially_and_stop_at_the_codes_expiry() {
     let gateway = FakeHttp::start().await;
     gateway.respond(503, "");
-    let hook = format!("{}/hook", gateway.url());
-    let t = TestApp::spawn_with(&["--sms-providers", "webhook", "--sms-webhook-url", &hook]).await;
+    let t = webhook_app(&gateway, &[]).await;
     let id = create_sms(&t, json!({"lifetime": 60})).await;
     let expires = secs(&t.delivery(&id).await["expires_at"]);
 
@@ -206,21 +213,12 @@ async fn a_hanging_provider_times_out_into_the_next_and_holds_up_nothing_else() 
 async fn a_code_goes_straight_to_a_free_sending_slot_and_waits_queued_while_none_is() {
     let gateway = FakeHttp::start().await;
     gateway.hang();
-    let hook = format!("{}/hook", gateway.url());
-    let t = TestApp::spawn_with(&[
-        "--sms-providers",
-        "webhook",
-        "--sms-webhook-url",
-        &hook,
-        "--delivery-workers",
-        "1",
-    ])
-    .await;
+    let t = webhook_app(&gateway, &["--delivery-workers", "1"]).await;
     let handed = create_sms(&t, json!({})).await;
     let d = t.delivery(&handed).await;
     assert_eq!(
-        (&d["state"], &d["attempts"]),
-        (&json!("sending"), &json!(1)),
+        TestApp::state_and_attempts(&d),
+        (Some("sending"), Some(1)),
         "{d}"
     );
     gateway.wait_for_requests(1).await;
@@ -228,8 +226,8 @@ async fn a_code_goes_straight_to_a_free_sending_slot_and_waits_queued_while_none
     let queued = create_sms(&t, json!({"phone": "77017654321"})).await;
     let d = t.delivery(&queued).await;
     assert_eq!(
-        (&d["state"], &d["attempts"]),
-        (&json!("queued"), &json!(0)),
+        TestApp::state_and_attempts(&d),
+        (Some("queued"), Some(0)),
         "{d}"
     );
 
@@ -237,8 +235,8 @@ async fn a_code_goes_straight_to_a_free_sending_slot_and_waits_queued_while_none
     for id in [&handed, &queued] {
         let d = t.finished_delivery(id).await;
         assert_eq!(
-            (&d["state"], &d["attempts"]),
-            (&json!("sent"), &json!(1)),
+            TestApp::state_and_attempts(&d),
+            (Some("sent"), Some(1)),
             "{d}"
         );
     }
@@ -258,8 +256,7 @@ async fn a_code_goes_straight_to_a_free_sending_slot_and_waits_queued_while_none
 async fn a_planned_retry_survives_a_restart() {
     let gateway = FakeHttp::start().await;
     gateway.respond_once(500, "");
-    let hook = format!("{}/hook", gateway.url());
-    let t = TestApp::spawn_with(&["--sms-providers", "webhook", "--sms-webhook-url", &hook]).await;
+    let t = webhook_app(&gateway, &[]).await;
     let id = create_sms(&t, json!({})).await;
     let d = t.attempted(&id, 1).await;
     assert_eq!(d["state"], "queued");

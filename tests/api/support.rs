@@ -490,6 +490,11 @@ impl TestApp {
         a.body["content"].clone()
     }
 
+    /// A delivery's state and how many attempts it has had, to assert both at once.
+    pub fn state_and_attempts(d: &Value) -> (Option<&str>, Option<u64>) {
+        (d["state"].as_str(), d["attempts"].as_u64())
+    }
+
     /// Waits until the delivery's status satisfies `done` (the worker runs on its own
     /// task, so this polls the API; the clock is never moved here), and returns it.
     pub async fn delivery_when(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
