@@ -259,8 +259,9 @@ impl TestApp {
             }
             Some((mut conn, prefix)) => {
                 ["sms", "call", "email", "telegram"].iter().find_map(|ch| {
-                    redis::cmd("GET")
-                        .arg(format!("{{{prefix}:{ch}}}:msg:{id}"))
+                    redis::cmd("HGET")
+                        .arg(format!("{{{prefix}:{ch}}}:job:{id}"))
+                        .arg("msg")
                         .query::<Option<String>>(&mut conn)
                         .unwrap()
                 })
@@ -281,13 +282,20 @@ impl TestApp {
             }
             Some((mut conn, prefix)) => {
                 for ch in ["sms", "call", "email", "telegram"] {
-                    let _: () = redis::cmd("SET")
-                        .arg(format!("{{{prefix}:{ch}}}:msg:{id}"))
-                        .arg("not json")
-                        .arg("XX")
-                        .arg("KEEPTTL")
+                    let job = format!("{{{prefix}:{ch}}}:job:{id}");
+                    let held: bool = redis::cmd("HEXISTS")
+                        .arg(&job)
+                        .arg("msg")
                         .query(&mut conn)
                         .unwrap();
+                    if held {
+                        let _: () = redis::cmd("HSET")
+                            .arg(&job)
+                            .arg("msg")
+                            .arg("not json")
+                            .query(&mut conn)
+                            .unwrap();
+                    }
                 }
             }
         }

@@ -1,34 +1,33 @@
--- Check a code, per domain::verification::decide_check. KEYS: codes, guesses. ARGV: now,
--- hash (hex), max_attempts, then, when the wrong-guess budget is on, its limit and the
--- resets_at of a window this check would start. The guesses hash holds the round of
--- guesses since the last send ('failures', 'burned', 'until') and the budget ('spent',
--- 'spent_until', which a send does not reset), so that a check reads one hash and a
--- wrong guess writes it once. The hashes are keyed HMACs, so comparing them in plain
--- Lua tells a timing attacker nothing about the code.
+-- Check a code, per domain::verification::decide_check. KEYS: target (its hash, see
+-- create.lua). ARGV: now, hash (hex), max_attempts, then, when the wrong-guess budget is
+-- on, its limit and the resets_at of a window this check would start. A check reads the
+-- target's hash once and writes it once. The hashes are keyed HMACs, so comparing them
+-- in plain Lua tells a timing attacker nothing about the code.
 local now = tonumber(ARGV[1])
-local held = redis.call('HMGET', KEYS[2], 'failures', 'burned', 'until', 'spent',
-  'spent_until')
+local held = redis.call('HMGET', KEYS[1], 'codes', 'failures', 'burned', 'until', 'spent',
+  'spent_until', 'expires')
 local budget = ARGV[4] and tonumber(ARGV[4])
-local spent, spent_until = running(held[4], held[5], now)
+local spent, spent_until = running(held[5], held[6], now)
 if budget and spent >= budget then return 'attempts_exceeded' end
 
 local failures, round_until = 0, nil
-if held[3] and tonumber(held[3]) > now then
-  if held[2] == '1' then return 'attempts_exceeded' end
-  failures, round_until = tonumber(held[1]), tonumber(held[3])
+if held[4] and tonumber(held[4]) > now then
+  if held[3] == '1' then return 'attempts_exceeded' end
+  failures, round_until = tonumber(held[2]), tonumber(held[4])
 end
 local live, latest = 0, 0
-for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  local until_ = tonumber(string.sub(entry, 66))
-  if until_ > now then
-    if string.sub(entry, 1, 64) == ARGV[2] then
+for hash, until_ in string.gmatch(held[1] or '', '(%x+):(%d+)') do
+  local ends = tonumber(until_)
+  if ends > now then
+    if hash == ARGV[2] then
       -- The round ends, and so does the budget: it is of consecutive failures (NIST SP
-      -- 800-63B), and a success ends it.
-      redis.call('DEL', KEYS[1], KEYS[2])
+      -- 800-63B), and a success ends it. The sends stay: they still count.
+      redis.call('HDEL', KEYS[1], 'codes', 'failures', 'burned', 'until', 'spent',
+        'spent_until')
       return 'verified'
     end
     live = live + 1
-    latest = math.max(latest, until_)
+    latest = math.max(latest, ends)
   end
 end
 
@@ -39,6 +38,8 @@ if live > 0 then
   burned = failures >= tonumber(ARGV[3])
   round_until = latest
   set = {'failures', failures, 'burned', burned and '1' or '0', 'until', latest}
+  -- Burned: the live codes go with the round.
+  if burned then table.insert(set, 'codes'); table.insert(set, '') end
 end
 if budget then
   if not spent_until then spent_until = tonumber(ARGV[5]) end
@@ -46,9 +47,9 @@ if budget then
   table.insert(set, 'spent_until'); table.insert(set, spent_until)
 end
 if #set > 0 then
-  redis.call('HSET', KEYS[2], unpack(set))
-  -- As long as the longer of the two lives.
-  redis.call('PEXPIRE', KEYS[2], ttl(math.max(round_until or 0, spent_until or 0), now))
+  local longer, lifetime = outliving(held[7], math.max(round_until or 0, spent_until or 0), now)
+  for _, f in ipairs(longer) do table.insert(set, f) end
+  redis.call('HSET', KEYS[1], unpack(set))
+  if lifetime then redis.call('PEXPIRE', KEYS[1], lifetime) end
 end
-if burned then redis.call('DEL', KEYS[1]) end
 return 'invalid_password'

@@ -30,19 +30,20 @@ local jobs, expired, failed = {}, 0, 0
 -- Leases a job for sending, or ends one that has nothing left to send. `was_delayed`:
 -- the id is a member of the delayed set (which a lease sets anew, and an end leaves).
 local function take(id, was_delayed)
-  local job, msg = tag .. ':job:' .. id, tag .. ':msg:' .. id
+  local job = tag .. ':job:' .. id
   -- One read of every field the decision and the answer need.
   local fields = redis.call('HMGET', job, 'state', 'expires_at', 'target', 'created_at',
-    'attempts')
+    'attempts', 'msg')
   local state, expires_at = fields[1], fields[2]
   if state ~= 'queued' and state ~= 'sending' then
     -- ended meanwhile (or gone): nothing to do
   elseif tonumber(expires_at) <= now then
     -- A code that has expired is worthless to its recipient: do not send it late.
-    expire_job(job, msg, now, retention)
+    expire_job(job, now, retention)
     expired = expired + 1
   else
-    local payload = redis.call('GET', msg)
+    -- Jobs queued by a version that kept messages under keys of their own have none.
+    local payload = fields[6] or redis.call('GET', tag .. ':msg:' .. id)
     if payload then
       local attempts = tonumber(fields[5] or '0') + 1
       redis.call('HSET', job, 'state', 'sending', 'lease_until', ARGV[2], 'updated_at', now,

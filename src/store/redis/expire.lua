@@ -15,7 +15,7 @@ local function lapse(id)
   if state == 'sending' and tonumber(redis.call('HGET', job, 'lease_until') or '0') > now then
     return false
   end
-  expire_job(job, tag .. ':msg:' .. id, now, retention)
+  expire_job(job, now, retention)
   ended = ended + 1
   return true
 end

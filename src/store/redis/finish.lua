@@ -1,4 +1,4 @@
--- Record how an attempt ended. KEYS: job, history, queue, delayed, msg.
+-- Record how an attempt ended. KEYS: job, history, queue, delayed.
 -- ARGV: attempt, state, provider, message id, error, next attempt at, now, retention,
 -- delivery id, then one history entry (JSON) per provider asked.
 -- Returns 0 when the job's lease was taken over meanwhile (nothing is written).
@@ -29,6 +29,9 @@ else
 end
 if ARGV[2] == 'queued' then
   table.insert(set, 'next_attempt_at'); table.insert(set, ARGV[6])
+else
+  -- The message held the code: it goes with the job's end.
+  table.insert(clear, 'msg')
 end
 redis.call('HDEL', job, unpack(clear))
 redis.call('HSET', job, unpack(set))
@@ -47,8 +50,6 @@ if ARGV[2] == 'queued' then
   redis.call('ZADD', KEYS[4], ARGV[6], ARGV[9])
   redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', job))
 else
-  -- The message held the code: it goes with the job's end.
-  redis.call('DEL', KEYS[5])
   redis.call('ZREM', KEYS[4], ARGV[9])
   redis.call('ZREM', unfinished_of(KEYS[3]), ARGV[9])
   redis.call('PEXPIRE', job, ARGV[8])

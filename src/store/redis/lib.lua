@@ -54,6 +54,56 @@ local function ttl(until_, now)
   return math.max(1, until_ - now)
 end
 
+-- A target's sends are kept in its hash (see create.lua) as one field: their times,
+-- oldest first, comma-separated. The refusal {minutes, rate, retry_after_secs} of the
+-- strictest rule they break, or nil, as limit_hit decides for a sorted set.
+local function sends_hit(raw, rules, now)
+  if not raw or raw == '' or #rules == 0 then return nil end
+  local times = {}
+  for at in string.gmatch(raw, '%d+') do table.insert(times, tonumber(at)) end
+  local worst = nil
+  for _, rule in ipairs(rules) do
+    local window = rule.minutes * 60000
+    local recent = 0
+    for i = #times, 1, -1 do
+      if times[i] <= now - window then break end
+      recent = recent + 1
+    end
+    if recent >= rule.rate then
+      local blocking = times[#times - rule.rate + 1]
+      local retry = math.max(1, math.ceil((blocking + window - now) / 1000))
+      if worst == nil or retry >= worst[3] then
+        worst = {rule.minutes, rule.rate, retry}
+      end
+    end
+  end
+  return worst
+end
+
+-- The sends field with a send at `now` added, kept in order (replicas' clocks may differ
+-- by a little), and what no rule can count any more gone.
+local function sends_after(raw, rules, now)
+  local oldest = now - longest_window(rules)
+  local kept = {}
+  for t in string.gmatch(raw or '', '%d+') do
+    if tonumber(t) > oldest then table.insert(kept, tonumber(t)) end
+  end
+  local at = #kept + 1
+  while at > 1 and kept[at - 1] > now do at = at - 1 end
+  table.insert(kept, at, now)
+  return table.concat(kept, ',')
+end
+
+-- A target's hash lives as long as what it holds that lives longest; its field 'expires'
+-- says until when, so that a write that needs it kept longer can tell (without a PTTL
+-- call), and one that needs less never shortens it. Returns the fields to add to the
+-- write, and the lifetime to set afterwards (nil: as it is).
+local function outliving(held_expires, needed, now)
+  local current = tonumber(held_expires or '0')
+  if current > now and current >= needed then return {}, nil end
+  return {'expires', needed}, ttl(needed, now)
+end
+
 -- The key `name` of the channel whose queue is `queue` ("<tag>:queue").
 local function beside(queue, name)
   return string.sub(queue, 1, -6) .. name
@@ -64,39 +114,38 @@ local function unfinished_of(queue)
   return beside(queue, 'unfinished')
 end
 
--- Puts a job in the outbox: its metadata, its message (which Redis erases by itself at
--- the code's expiry at the latest) and its stream entry. A job handed to its worker at
--- once (`lease_until` given) is written as a claim would leave it, with no stream entry:
--- it waits in the delayed set until its lease ends, and is taken again from there
--- should its worker die before finishing it.
-local function enqueue(queue, job, msg, id, channel, target, payload, now, expires, retention,
+-- Puts a job in the outbox: its hash, which holds its message ('msg') until the job
+-- ends, and its stream entry. A job handed to its worker at once (`lease_until` given)
+-- is written as a claim would leave it, with no stream entry: it waits in the delayed
+-- set until its lease ends, and is taken again from there should its worker die before
+-- finishing it. `at`: now, as the text it arrived as (Lua prints numbers with printf).
+local function enqueue(queue, job, id, channel, target, payload, now, at, expires, retention,
                        lease_until)
-  local fields = {'channel', channel, 'target', target, 'created_at', now, 'updated_at', now,
-    'expires_at', expires, 'next_attempt_at', now,
-    'state', lease_until and 'sending' or 'queued', 'attempts', lease_until and 1 or 0}
+  local fields = {'channel', channel, 'target', target, 'created_at', at, 'updated_at', at,
+    'expires_at', expires, 'next_attempt_at', at, 'msg', payload,
+    'state', lease_until and 'sending' or 'queued', 'attempts', lease_until and '1' or '0'}
   if lease_until then
     table.insert(fields, 'lease_until'); table.insert(fields, lease_until)
   end
   redis.call('HSET', job, unpack(fields))
-  redis.call('PEXPIRE', job, ttl(expires, now) + retention)
-  redis.call('SET', msg, payload, 'PX', ttl(expires, now))
+  redis.call('PEXPIRE', job, ttl(tonumber(expires), now) + retention)
   if lease_until then
     redis.call('ZADD', beside(queue, 'delayed'), lease_until, id)
   else
     redis.call('XADD', queue, '*', 'id', id)
   end
-  redis.call('ZADD', unfinished_of(queue), now, id)
+  redis.call('ZADD', unfinished_of(queue), at, id)
 end
 
--- Ends a queued (or lapsed) job as expired: its code is worthless now.
-local function expire_job(job, msg, now, retention)
+-- Ends a queued (or lapsed) job as expired: its code is worthless now, and its message
+-- goes.
+local function expire_job(job, now, retention)
   local last = redis.call('HGET', job, 'error')
   local why = 'the code expired before it could be delivered'
   if last then why = why .. ' (last error: ' .. last .. ')' end
   redis.call('HSET', job, 'state', 'expired', 'updated_at', now, 'error', why)
-  redis.call('HDEL', job, 'lease_until', 'entry')
+  redis.call('HDEL', job, 'lease_until', 'entry', 'msg')
   redis.call('PEXPIRE', job, retention)
-  redis.call('DEL', msg)
   redis.call('ZREM', string.sub(job, 1, string.find(job, ':job:', 1, true) - 1) .. ':unfinished',
     string.sub(job, string.find(job, ':job:', 1, true) + 5))
 end

@@ -1,15 +1,17 @@
--- Hand a Telegram chat a code. KEYS: update, rules, target sends, link (by code hash),
--- chat (the chat's current code), queue, job, msg.
--- ARGV: now, expires_at, hash (hex), chat id, send member, default target rules,
+-- Hand a Telegram chat a code. KEYS: update, rules, target (the chat's hash, whose
+-- sends count here as create.lua's do), link (by code hash), chat (the chat's current
+-- code), queue, job.
+-- ARGV: now, expires_at, hash (hex), chat id, default target rules,
 -- delivery id, payload, retention (ms), how long a handled update is remembered (ms),
 -- key tag, has update ('1'/'0').
-local now, expires, tag = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[11]
+local now, expires, tag = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[10]
 local function mark_handled()
-  if ARGV[12] == '1' then redis.call('SET', KEYS[1], '1', 'PX', ARGV[10]) end
+  if ARGV[11] == '1' then redis.call('SET', KEYS[1], '1', 'PX', ARGV[9]) end
 end
-if ARGV[12] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return {'handled'} end
-local rules = rules_from(redis.call('HGET', KEYS[2], 'target') or ARGV[6])
-local hit = limit_hit(KEYS[3], rules, now)
+if ARGV[11] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return {'handled'} end
+local rules = rules_from(redis.call('HGET', KEYS[2], 'target') or ARGV[5])
+local target = redis.call('HMGET', KEYS[3], 'sends', 'expires')
+local hit = sends_hit(target[1], rules, now)
 if hit then
   mark_handled()
   return {'limited', 'target', hit[1], hit[2], hit[3]}
@@ -31,15 +33,17 @@ if previous then
   if redis.call('HGET', old_job, 'state') == 'queued' then
     redis.call('HSET', old_job, 'state', 'failed', 'updated_at', ARGV[1],
       'error', 'replaced by a newer code for the same chat')
-    redis.call('PEXPIRE', old_job, ARGV[9])
-    redis.call('DEL', tag .. ':msg:' .. old_id)
+    redis.call('PEXPIRE', old_job, ARGV[8])
+    redis.call('HDEL', old_job, 'msg')
     redis.call('ZREM', tag .. ':unfinished', old_id)
   end
 end
 redis.call('SET', KEYS[4], ARGV[4] .. '|' .. ARGV[2], 'PX', ttl(expires, now))
-redis.call('SET', KEYS[5], ARGV[3] .. '|' .. ARGV[7], 'PX', ttl(expires, now))
-record(KEYS[3], rules, now, ARGV[5])
-enqueue(KEYS[6], KEYS[7], KEYS[8], ARGV[7], 'telegram', ARGV[4], ARGV[8], now, expires,
-  tonumber(ARGV[9]))
+redis.call('SET', KEYS[5], ARGV[3] .. '|' .. ARGV[6], 'PX', ttl(expires, now))
+local longer, lifetime = outliving(target[2], now + longest_window(rules), now)
+redis.call('HSET', KEYS[3], 'sends', sends_after(target[1], rules, now), unpack(longer))
+if lifetime then redis.call('PEXPIRE', KEYS[3], lifetime) end
+enqueue(KEYS[6], KEYS[7], ARGV[6], 'telegram', ARGV[4], ARGV[7], now, ARGV[1], ARGV[2],
+  tonumber(ARGV[8]))
 mark_handled()
 return {'created'}

@@ -108,6 +108,12 @@ impl RedisStore {
         format!("{}:{rest}", self.tag(channel))
     }
 
+    /// The hash holding all that is kept of a target: its live codes, its recent sends,
+    /// its round of guesses and its wrong-guess budget (create.lua).
+    fn target_key(&self, channel: Channel, target: &str) -> String {
+        format!("{}:target:{target}", self.tag(channel))
+    }
+
     fn quota_key(&self, channel: Channel, key: &str) -> String {
         format!("{}:quota:{key}", self.tag(channel))
     }
@@ -187,12 +193,9 @@ impl Store for RedisStore {
         let mut call = self.scripts.create.prepare_invoke();
         call.key(self.key(ch, "rules"))
             .key(self.key(ch, &format!("sends:ip:{ip}")))
-            .key(self.key(ch, &format!("sends:target:{}", code.target)))
-            .key(self.key(ch, &format!("codes:{}", code.target)))
-            .key(self.key(ch, &format!("guesses:{}", code.target)))
+            .key(self.target_key(ch, &code.target))
             .key(self.key(ch, "queue"))
             .key(self.key(ch, &format!("job:{id}")))
-            .key(self.key(ch, &format!("msg:{id}")))
             .arg(code.now.millis())
             .arg(code.expires_at.millis())
             .arg(code.max_active)
@@ -210,7 +213,7 @@ impl Store for RedisStore {
                     .map(|t| t.millis().to_string())
                     .unwrap_or_default(),
             );
-        // The budget is kept in the target's guesses hash (create.lua), not under its key.
+        // The budget is kept in the target's hash (create.lua), not under its key.
         if let Some(budget) = &code.failure_budget {
             call.arg(budget.limit);
         }
@@ -235,12 +238,11 @@ impl Store for RedisStore {
     async fn check_code(&self, check: CodeCheck) -> Result<CheckOutcome, StoreError> {
         let ch = check.channel;
         let mut call = self.scripts.check.prepare_invoke();
-        call.key(self.key(ch, &format!("codes:{}", check.target)))
-            .key(self.key(ch, &format!("guesses:{}", check.target)))
+        call.key(self.target_key(ch, &check.target))
             .arg(check.now.millis())
             .arg(hex::encode(check.hash.0))
             .arg(check.max_attempts);
-        // The budget is kept in the target's guesses hash (check.lua), not under its key.
+        // The budget is kept in the target's hash (check.lua), not under its key.
         if let Some(budget) = &check.failure_budget {
             call.arg(budget.limit).arg(budget.resets_at.millis());
         }
@@ -366,17 +368,15 @@ impl Store for RedisStore {
         let mut call = self.scripts.link_create.prepare_invoke();
         call.key(self.key(ch, &format!("update:{}", link.update_id.unwrap_or(0))))
             .key(self.key(ch, "rules"))
-            .key(self.key(ch, &format!("sends:target:{}", code.target)))
+            .key(self.target_key(ch, &code.target))
             .key(self.key(ch, &format!("link:{hash}")))
             .key(self.key(ch, &format!("linkchat:{}", code.target)))
             .key(self.key(ch, "queue"))
             .key(self.key(ch, &format!("job:{id}")))
-            .key(self.key(ch, &format!("msg:{id}")))
             .arg(code.now.millis())
             .arg(code.expires_at.millis())
             .arg(&hash)
             .arg(&code.target)
-            .arg(send_member(code.now))
             .arg(rules_json(&LimitRules::default().targets)?)
             .arg(&id)
             .arg(Payload::encode(code)?)
@@ -644,7 +644,6 @@ impl RedisStore {
             .key(self.key(channel, &format!("history:{id}")))
             .key(self.key(channel, "queue"))
             .key(self.key(channel, "delayed"))
-            .key(self.key(channel, &format!("msg:{id}")))
             .arg(report.attempt)
             .arg(end.state.as_str())
             .arg(end.provider.unwrap_or_default())
