@@ -101,6 +101,54 @@ async fn concurrent_wrong_guesses_across_replicas_never_exceed_max_attempts() {
     );
 }
 
+#[tokio::test]
+async fn concurrent_checks_go_to_redis_together_and_a_damaged_target_fails_alone() {
+    let Some(replicas) = three_replicas(&["--delivery-workers", "0"]).await else {
+        return;
+    };
+    let phone = |i: usize| format!("7701100{i:04}");
+    let created = all_at_once(
+        &replicas,
+        40,
+        reqwest::Method::POST,
+        "/sms",
+        |i| json!({"phone": phone(i), "password": "123456"}),
+    )
+    .await;
+    assert!(created.iter().all(|a| a == "success"), "{created:?}");
+    replicas[0].corrupt_redis_target(&phone(7));
+    // Forty checks at once, on three replicas: each replica's go to Redis in batches
+    // (one script call each), and the damaged one must not fail the others with it.
+    let checked = all_at_once(
+        &replicas,
+        40,
+        reqwest::Method::GET,
+        "/sms/check",
+        |i| json!({"phone": phone(i), "password": "123456"}),
+    )
+    .await;
+    for (i, outcome) in checked.iter().enumerate() {
+        let expected = if i == 7 { "internal" } else { "success" };
+        assert_eq!(outcome, expected, "check {i}: {checked:?}");
+    }
+    // Each code was spent by its check.
+    let again = all_at_once(
+        &replicas,
+        40,
+        reqwest::Method::GET,
+        "/sms/check",
+        |i| json!({"phone": phone(i), "password": "123456"}),
+    )
+    .await;
+    assert!(
+        again
+            .iter()
+            .enumerate()
+            .all(|(i, a)| i == 7 || a == "invalid_password"),
+        "{again:?}"
+    );
+}
+
 /// A real replica process on `redis`, sending SMS through `gateway`.
 fn replica_process(dir: &std::path::Path, redis: &str, gateway: &str) -> Otpd {
     start(

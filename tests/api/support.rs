@@ -301,6 +301,25 @@ impl TestApp {
         }
     }
 
+    /// Damages what Redis keeps of every target whose key ends in `phone` (its round of
+    /// guesses ends at no time at all), so that the check script fails on it.
+    pub fn corrupt_redis_target(&self, phone: &str) {
+        let (mut conn, prefix) = self.store.redis_conn().expect("a Redis store");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{{{prefix}:*}}:target:*{phone}"))
+            .query(&mut conn)
+            .unwrap();
+        assert!(!keys.is_empty(), "no target key for {phone}");
+        for key in keys {
+            let _: () = redis::cmd("HSET")
+                .arg(&key)
+                .arg("until")
+                .arg("never")
+                .query(&mut conn)
+                .unwrap();
+        }
+    }
+
     /// Stores unreadable IP limit rules for `channel`.
     pub fn corrupt_limit_rules(&self, channel: &str) {
         match self.store.redis_conn() {

@@ -13,7 +13,7 @@ use crate::store::StoreError;
 
 /// The longest any one store call may take before the caller is told the store is
 /// unavailable.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
@@ -75,14 +75,19 @@ async fn bounded<T>(
     call: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Err(_) => Err(StoreError::Unavailable(format!(
-            "Redis did not answer within {} s",
-            CALL_TIMEOUT.as_secs()
-        ))),
+        Err(_) => Err(no_answer()),
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) if is_outage(&e) => Err(StoreError::Unavailable(describe(e))),
         Ok(Err(e)) => Err(StoreError::Internal(describe(e))),
     }
+}
+
+/// What a call that outlived CALL_TIMEOUT answers.
+pub(super) fn no_answer() -> StoreError {
+    StoreError::Unavailable(format!(
+        "Redis did not answer within {} s",
+        CALL_TIMEOUT.as_secs()
+    ))
 }
 
 fn is_outage(e: &redis::RedisError) -> bool {

@@ -176,3 +176,19 @@ local function count_one(key, ends, resets_at, now)
     redis.call('PEXPIRE', key, ttl(resets_at, now))
   end
 end
+
+-- Runs `one` for each call of a batch (see batch.rs): KEYS and ARGV hold `keys` and
+-- `args` entries per call, one call after the other. Returns the answers, in order; a
+-- call that fails (damaged data) is answered {'failed', error}, and the others go on
+-- (an error reply would fail the whole batch in the client).
+local function each(keys, args, one)
+  local answers = {}
+  for i = 0, #KEYS / keys - 1 do
+    local K, A = {}, {}
+    for j = 1, keys do K[j] = KEYS[i * keys + j] end
+    for j = 1, args do A[j] = ARGV[i * args + j] end
+    local done, answer = pcall(one, K, A)
+    answers[i + 1] = done and answer or {'failed', tostring(answer)}
+  end
+  return answers
+end

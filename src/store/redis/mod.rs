@@ -4,6 +4,7 @@
 //! touches one cluster slot. Keys that hold codes, counters or jobs expire by
 //! themselves. Delivery jobs are a stream per channel with a consumer group.
 
+mod batch;
 mod conn;
 
 use std::time::Duration;
@@ -12,6 +13,7 @@ use async_trait::async_trait;
 use rand::Rng;
 use redis::{FromRedisValue, Script, Value};
 
+use self::batch::Batcher;
 use self::conn::Conn;
 use super::outbox::{AttemptEnd, Payload, StoredTry};
 use super::{
@@ -37,8 +39,6 @@ macro_rules! script {
 }
 
 struct Scripts {
-    create: Script,
-    check: Script,
     rules: Script,
     claim: Script,
     finish: Script,
@@ -54,6 +54,9 @@ struct Scripts {
 pub struct RedisStore {
     conn: Conn,
     scripts: Scripts,
+    /// Creates and checks, batched per channel (a channel's keys share one slot).
+    creates: [Batcher; Channel::ALL.len()],
+    checks: [Batcher; Channel::ALL.len()],
     prefix: String,
     /// This process's name in the delivery consumer groups.
     consumer: String,
@@ -72,11 +75,11 @@ impl RedisStore {
         prefix: &str,
     ) -> Result<Self, RedisOpenError> {
         let conn = Conn::open(nodes, cluster).await.map_err(RedisOpenError)?;
+        let creates = Channel::ALL.map(|_| Batcher::start(conn.clone(), script!("create.lua")));
+        let checks = Channel::ALL.map(|_| Batcher::start(conn.clone(), script!("check.lua")));
         let store = RedisStore {
             conn,
             scripts: Scripts {
-                create: script!("create.lua"),
-                check: script!("check.lua"),
                 rules: script!("rules.lua"),
                 claim: script!("claim.lua"),
                 finish: script!("finish.lua"),
@@ -88,6 +91,8 @@ impl RedisStore {
                 idem_begin: script!("idem_begin.lua"),
                 idem_finish: script!("idem_finish.lua"),
             },
+            creates,
+            checks,
             prefix: prefix.to_owned(),
             consumer: format!("otpd-{:016x}", rand::thread_rng().r#gen::<u64>()),
         };
@@ -190,34 +195,38 @@ impl Store for RedisStore {
         let ch = code.channel;
         let ip = code.ip.map(|ip| ip.to_string()).unwrap_or_default();
         let id = code.delivery_id.to_string();
-        let mut call = self.scripts.create.prepare_invoke();
-        call.key(self.key(ch, "rules"))
-            .key(self.key(ch, &format!("sends:ip:{ip}")))
-            .key(self.target_key(ch, &code.target))
-            .key(self.key(ch, "queue"))
-            .key(self.key(ch, &format!("job:{id}")))
-            .arg(code.now.millis())
-            .arg(code.expires_at.millis())
-            .arg(code.max_active)
-            .arg(hex::encode(code.hash.0))
-            .arg(if code.ip.is_some() { "1" } else { "0" })
-            .arg(send_member(code.now))
-            .arg(rules_json(&LimitRules::default().targets)?)
-            .arg(&id)
-            .arg(ch.as_str())
-            .arg(&code.target)
-            .arg(Payload::encode(&code)?)
-            .arg(RETENTION.as_millis() as u64)
-            .arg(
-                code.lease_until
-                    .map(|t| t.millis().to_string())
-                    .unwrap_or_default(),
-            );
-        // The budget is kept in the target's hash (create.lua), not under its key.
-        if let Some(budget) = &code.failure_budget {
-            call.arg(budget.limit);
-        }
-        let answer: Vec<Value> = self.conn.invoke(&mut call).await?;
+        let keys = vec![
+            self.key(ch, "rules"),
+            self.key(ch, &format!("sends:ip:{ip}")),
+            self.target_key(ch, &code.target),
+            self.key(ch, "queue"),
+            self.key(ch, &format!("job:{id}")),
+        ];
+        let args = vec![
+            code.now.millis().to_string(),
+            code.expires_at.millis().to_string(),
+            code.max_active.to_string(),
+            hex::encode(code.hash.0),
+            if code.ip.is_some() { "1" } else { "0" }.to_owned(),
+            send_member(code.now),
+            rules_json(&LimitRules::default().targets)?,
+            id,
+            ch.as_str().to_owned(),
+            code.target.clone(),
+            Payload::encode(&code)?,
+            RETENTION.as_millis().to_string(),
+            code.lease_until
+                .map(|t| t.millis().to_string())
+                .unwrap_or_default(),
+            // The budget is kept in the target's hash (create.lua), not under its key.
+            code.failure_budget
+                .as_ref()
+                .map(|budget| budget.limit.to_string())
+                .unwrap_or_default(),
+        ];
+        let answer = self.creates[ch as usize].call(keys, args).await?;
+        let answer = Vec::<Value>::from_redis_value(&answer)
+            .map_err(|_| StoreError::Internal("a malformed answer from Redis".into()))?;
         match text(&answer, 0)?.as_str() {
             "created" => Ok(CreateOutcome::Created),
             "failure_budget" => Ok(CreateOutcome::FailureBudgetSpent {
@@ -237,16 +246,25 @@ impl Store for RedisStore {
 
     async fn check_code(&self, check: CodeCheck) -> Result<CheckOutcome, StoreError> {
         let ch = check.channel;
-        let mut call = self.scripts.check.prepare_invoke();
-        call.key(self.target_key(ch, &check.target))
-            .arg(check.now.millis())
-            .arg(hex::encode(check.hash.0))
-            .arg(check.max_attempts);
         // The budget is kept in the target's hash (check.lua), not under its key.
-        if let Some(budget) = &check.failure_budget {
-            call.arg(budget.limit).arg(budget.resets_at.millis());
-        }
-        let answer: String = self.conn.invoke(&mut call).await?;
+        let (budget, resets_at) = match &check.failure_budget {
+            Some(budget) => (
+                budget.limit.to_string(),
+                budget.resets_at.millis().to_string(),
+            ),
+            None => Default::default(),
+        };
+        let args = vec![
+            check.now.millis().to_string(),
+            hex::encode(check.hash.0),
+            check.max_attempts.to_string(),
+            budget,
+            resets_at,
+        ];
+        let keys = vec![self.target_key(ch, &check.target)];
+        let answer = self.checks[ch as usize].call(keys, args).await?;
+        let answer = String::from_redis_value(&answer)
+            .map_err(|_| StoreError::Internal("a malformed answer from Redis".into()))?;
         match answer.as_str() {
             "verified" => Ok(CheckOutcome::Verified),
             "invalid_password" => Ok(CheckOutcome::InvalidPassword),
