@@ -1,7 +1,7 @@
 -- Create codes, one after the other (a batch: see batch.rs), each answered in turn.
 -- KEYS, per code: rules, ip sends, target, queue, job. ARGV, per code: now, expires_at,
 -- max_active, hash (hex), has_ip, send member, default target rules (JSON), delivery
--- id, channel, target, payload, retention (ms), the lease ('' unless the job is handed
+-- id, target, payload, retention (ms), the lease ('' unless the job is handed
 -- to its worker at once, see enqueue), and the budget's limit ('' when it is off).
 --
 -- A target's hash holds all that is kept of it, so that a create reads it once and
@@ -15,7 +15,7 @@ local function create(K, A)
   local held = redis.call('HMGET', K[3], 'codes', 'sends', 'spent', 'spent_until',
     'expires')
   local spent, spent_until = running(held[3], held[4], now)
-  if A[14] ~= '' and spent >= tonumber(A[14]) then
+  if A[13] ~= '' and spent >= tonumber(A[13]) then
     return {'failure_budget', spent_until}
   end
   local stored = redis.call('HMGET', K[1], 'ip', 'target')
@@ -48,10 +48,9 @@ local function create(K, A)
   redis.call('HSET', K[3], unpack(fields))
   if lifetime then redis.call('PEXPIRE', K[3], lifetime) end
   if A[5] == '1' then record(K[2], ip_rules, now, A[6]) end
-  local lease_until = A[13] ~= '' and A[13] or nil
-  enqueue(K[4], K[5], A[8], A[9], A[10], A[11], now, A[1], A[2],
-    tonumber(A[12]), lease_until)
+  local lease_until = A[12] ~= '' and A[12] or nil
+  enqueue(K[4], K[5], A[8], A[9], A[10], now, A[1], A[2], tonumber(A[11]), lease_until)
   return {'created'}
 end
 
-return each(5, 14, create)
+return each(5, 13, create)

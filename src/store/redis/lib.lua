@@ -119,12 +119,16 @@ end
 -- is written as a claim would leave it, with no stream entry: it waits in the delayed
 -- set until its lease ends, and is taken again from there should its worker die before
 -- finishing it. `at`: now, as the text it arrived as (Lua prints numbers with printf).
-local function enqueue(queue, job, id, channel, target, payload, now, at, expires, retention,
+-- Every field written costs Redis as much again in its append-only file, so a new job
+-- has only those that say something: no attempts yet, and neither an update nor a next
+-- attempt other than its creation (see status_of in mod.rs).
+local function enqueue(queue, job, id, target, payload, now, at, expires, retention,
                        lease_until)
-  local fields = {'channel', channel, 'target', target, 'created_at', at, 'updated_at', at,
-    'expires_at', expires, 'next_attempt_at', at, 'msg', payload,
-    'state', lease_until and 'sending' or 'queued', 'attempts', lease_until and '1' or '0'}
+  local fields = {'target', target, 'created_at', at, 'expires_at', expires, 'msg', payload,
+    'state', 'queued'}
   if lease_until then
+    fields[10] = 'sending'
+    table.insert(fields, 'attempts'); table.insert(fields, '1')
     table.insert(fields, 'lease_until'); table.insert(fields, lease_until)
   end
   redis.call('HSET', job, unpack(fields))
@@ -184,9 +188,10 @@ end
 local function each(keys, args, one)
   local answers = {}
   for i = 0, #KEYS / keys - 1 do
-    local K, A = {}, {}
-    for j = 1, keys do K[j] = KEYS[i * keys + j] end
-    for j = 1, args do A[j] = ARGV[i * args + j] end
+    -- Built whole by their constructors: filled one by one, they grow (and rehash) as
+    -- they go, which cost Redis as much as a write (BENCHMARKS.md, finding 27).
+    local K = {unpack(KEYS, i * keys + 1, (i + 1) * keys)}
+    local A = {unpack(ARGV, i * args + 1, (i + 1) * args)}
     local done, answer = pcall(one, K, A)
     answers[i + 1] = done and answer or {'failed', tostring(answer)}
   end

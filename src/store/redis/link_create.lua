@@ -43,7 +43,6 @@ redis.call('SET', KEYS[5], ARGV[3] .. '|' .. ARGV[6], 'PX', ttl(expires, now))
 local longer, lifetime = outliving(target[2], now + longest_window(rules), now)
 redis.call('HSET', KEYS[3], 'sends', sends_after(target[1], rules, now), unpack(longer))
 if lifetime then redis.call('PEXPIRE', KEYS[3], lifetime) end
-enqueue(KEYS[6], KEYS[7], ARGV[6], 'telegram', ARGV[4], ARGV[7], now, ARGV[1], ARGV[2],
-  tonumber(ARGV[8]))
+enqueue(KEYS[6], KEYS[7], ARGV[6], ARGV[4], ARGV[7], now, ARGV[1], ARGV[2], tonumber(ARGV[8]))
 mark_handled()
 return {'created'}

@@ -211,7 +211,6 @@ impl Store for RedisStore {
             send_member(code.now),
             rules_json(&LimitRules::default().targets)?,
             id,
-            ch.as_str().to_owned(),
             code.target.clone(),
             Payload::encode(&code)?,
             RETENTION.as_millis().to_string(),
@@ -718,10 +717,13 @@ fn status_of(
         provider_message_id: field("provider_message_id"),
         error: field("error"),
         created_at: rfc(millis("created_at")?),
-        updated_at: rfc(millis("updated_at")?),
+        // A job not yet touched since its creation has neither (see enqueue in lib.lua).
+        updated_at: rfc(millis("updated_at").or_else(|_| millis("created_at"))?),
         expires_at: rfc(millis("expires_at")?),
         next_attempt_at: match state {
-            DeliveryState::Queued => Some(rfc(millis("next_attempt_at")?)),
+            DeliveryState::Queued => Some(rfc(
+                millis("next_attempt_at").or_else(|_| millis("created_at"))?
+            )),
             _ => None,
         },
         history,
