@@ -117,29 +117,24 @@ async fn concurrent_checks_go_to_redis_together_and_a_damaged_target_fails_alone
     .await;
     assert!(created.iter().all(|a| a == "success"), "{created:?}");
     replicas[0].corrupt_redis_target(&phone(7));
+    let check_all = || {
+        all_at_once(
+            &replicas,
+            40,
+            reqwest::Method::GET,
+            "/sms/check",
+            |i| json!({"phone": phone(i), "password": "123456"}),
+        )
+    };
     // Forty checks at once, on three replicas: each replica's go to Redis in batches
     // (one script call each), and the damaged one must not fail the others with it.
-    let checked = all_at_once(
-        &replicas,
-        40,
-        reqwest::Method::GET,
-        "/sms/check",
-        |i| json!({"phone": phone(i), "password": "123456"}),
-    )
-    .await;
+    let checked = check_all().await;
     for (i, outcome) in checked.iter().enumerate() {
         let expected = if i == 7 { "internal" } else { "success" };
         assert_eq!(outcome, expected, "check {i}: {checked:?}");
     }
     // Each code was spent by its check.
-    let again = all_at_once(
-        &replicas,
-        40,
-        reqwest::Method::GET,
-        "/sms/check",
-        |i| json!({"phone": phone(i), "password": "123456"}),
-    )
-    .await;
+    let again = check_all().await;
     assert!(
         again
             .iter()

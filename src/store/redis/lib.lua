@@ -10,17 +10,16 @@ local function rules_from(raw)
   return cjson.decode(raw)
 end
 
--- The refusal {minutes, rate, retry_after_secs} of the strictest rule `key`'s sends
--- break, or nil.
-local function limit_hit(key, rules, now)
+-- The refusal {minutes, rate, retry_after_secs} of the strictest rule broken, or nil.
+-- `blocking(rule, window)` gives the send that a broken rule's window must pass before
+-- it allows another (the rate-th most recent), or nil when the rule is not broken.
+local function strictest(rules, now, blocking)
   local worst = nil
   for _, rule in ipairs(rules) do
     local window = rule.minutes * 60000
-    local recent = redis.call('ZREVRANGEBYSCORE', key, '+inf', '(' .. (now - window),
-      'WITHSCORES', 'LIMIT', 0, rule.rate)
-    if #recent / 2 >= rule.rate then
-      local blocking = tonumber(recent[rule.rate * 2])
-      local retry = math.max(1, math.ceil((blocking + window - now) / 1000))
+    local at = blocking(rule, window)
+    if at then
+      local retry = math.max(1, math.ceil((at + window - now) / 1000))
       -- On a tie the later rule is named, as RuleSet::check does.
       if worst == nil or retry >= worst[3] then
         worst = {rule.minutes, rule.rate, retry}
@@ -28,6 +27,16 @@ local function limit_hit(key, rules, now)
     end
   end
   return worst
+end
+
+-- The refusal of the strictest rule that the sends recorded under `key` (a sorted set
+-- by time) break, or nil.
+local function limit_hit(key, rules, now)
+  return strictest(rules, now, function(rule, window)
+    local recent = redis.call('ZREVRANGEBYSCORE', key, '+inf', '(' .. (now - window),
+      'WITHSCORES', 'LIMIT', 0, rule.rate)
+    if #recent / 2 >= rule.rate then return tonumber(recent[rule.rate * 2]) end
+  end)
 end
 
 -- Never less than the default rule's 10 minutes, so that a rule added later finds the
@@ -55,29 +64,19 @@ local function ttl(until_, now)
 end
 
 -- A target's sends are kept in its hash (see create.lua) as one field: their times,
--- oldest first, comma-separated. The refusal {minutes, rate, retry_after_secs} of the
--- strictest rule they break, or nil, as limit_hit decides for a sorted set.
+-- oldest first, comma-separated. The refusal of the strictest rule they break, or nil.
 local function sends_hit(raw, rules, now)
-  if not raw or raw == '' or #rules == 0 then return nil end
+  if not raw or raw == '' then return nil end
   local times = {}
   for at in string.gmatch(raw, '%d+') do table.insert(times, tonumber(at)) end
-  local worst = nil
-  for _, rule in ipairs(rules) do
-    local window = rule.minutes * 60000
+  return strictest(rules, now, function(rule, window)
     local recent = 0
     for i = #times, 1, -1 do
       if times[i] <= now - window then break end
       recent = recent + 1
     end
-    if recent >= rule.rate then
-      local blocking = times[#times - rule.rate + 1]
-      local retry = math.max(1, math.ceil((blocking + window - now) / 1000))
-      if worst == nil or retry >= worst[3] then
-        worst = {rule.minutes, rule.rate, retry}
-      end
-    end
-  end
-  return worst
+    if recent >= rule.rate then return times[#times - rule.rate + 1] end
+  end)
 end
 
 -- The sends field with a send at `now` added, kept in order (replicas' clocks may differ
