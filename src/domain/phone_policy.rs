@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
-use phonenumber::{PhoneNumber, Type};
+use phonenumber::Type;
 
 use super::Channel;
 use super::phone_kind;
@@ -102,21 +102,18 @@ impl PhonePolicy {
 
     /// The country of a number, whatever the lists say.
     pub fn country_of(phone: &Phone) -> Option<Country> {
-        let (region, _) = phone_kind::classify(&parse(phone)?)?;
-        region.id().parse().ok()
+        classify(phone).map(|(country, _)| country)
     }
 
     /// The phone's country when `channel` may send to it.
     pub fn admit(&self, channel: Channel, phone: &Phone) -> Result<Country, PhoneRefusal> {
-        let number = parse(phone).ok_or(PhoneRefusal::Invalid)?;
         // A number is valid when its country's plan gives it a kind: libphonenumber's
         // `is_valid` decides exactly that, so asking it too would run every pattern
         // again (a third of the time this took).
-        let (region, kind) = phone_kind::classify(&number).ok_or(PhoneRefusal::Invalid)?;
+        let (country, kind) = classify(phone).ok_or(PhoneRefusal::Invalid)?;
         if kind == Type::Unknown {
             return Err(PhoneRefusal::Invalid);
         }
-        let country: Country = region.id().parse().map_err(|_| PhoneRefusal::Invalid)?;
         if let Some(kind) = refused_kind(channel, kind) {
             return Err(PhoneRefusal::Kind(kind));
         }
@@ -134,8 +131,11 @@ impl PhonePolicy {
     }
 }
 
-fn parse(phone: &Phone) -> Option<PhoneNumber> {
-    phonenumber::parse(None, format!("+{}", phone.digits())).ok()
+/// The number's country and its kind there; `None` when no country claims it.
+fn classify(phone: &Phone) -> Option<(Country, Type)> {
+    let number = phonenumber::parse(None, format!("+{}", phone.digits())).ok()?;
+    let (region, kind) = phone_kind::classify(&number)?;
+    Some((region.id().parse().ok()?, kind))
 }
 
 /// SMS go to mobiles and fixed lines (some take SMS); a call may also ring a VoIP or

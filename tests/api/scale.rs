@@ -345,28 +345,65 @@ async fn a_full_redis_refuses_every_check_instead_of_counting_only_some() {
     assert_eq!(t.check_outcome("sms", right).await, "ok");
 }
 
+/// A code created on Redis with no worker running, for the tests of what an earlier
+/// version left there: the app, the code's job id, and a connection to the same Redis
+/// with the app's key prefix.
+struct Queued {
+    t: TestApp,
+    id: String,
+    redis: redis::Connection,
+    prefix: String,
+}
+
+async fn queued_on_redis(test: &str, password: &str) -> Option<Queued> {
+    if !redis_server::available() {
+        redis_server::skip_notice(test);
+        return None;
+    }
+    let store = TestStore::redis(redis_server::shared_url());
+    let t = TestApp::spawn_on(store.clone(), &["--delivery-workers", "0"]).await;
+    let created = t
+        .post_ok("/sms", json!({"phone": PHONE, "password": password}))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let TestStore::Redis { url, prefix } = store else {
+        unreachable!("a Redis store")
+    };
+    let redis = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    Some(Queued {
+        t,
+        id,
+        redis,
+        prefix,
+    })
+}
+
+/// How many console messages carried `code`.
+fn sent_with(t: &TestApp, code: &str) -> usize {
+    t.console
+        .lines()
+        .iter()
+        .filter(|l| l.contains(code))
+        .count()
+}
+
 /// Before leases moved to the delayed set, a worker's claim left the job's stream entry
 /// pending in the consumer group until the job ended. Such a job, left by a worker of
 /// that version, is neither lost nor taken early: it is sent once its lease runs out.
 #[tokio::test]
 async fn a_job_an_earlier_version_left_leased_in_the_stream_is_sent_when_its_lease_ends() {
-    if !redis_server::available() {
-        redis_server::skip_notice("a_job_an_earlier_version_left_leased");
+    let Some(Queued {
+        t,
+        id,
+        mut redis,
+        prefix,
+    }) = queued_on_redis("a_job_an_earlier_version_left_leased", "5550").await
+    else {
         return;
-    }
-    let store = TestStore::redis(redis_server::shared_url());
-    let t = TestApp::spawn_on(store.clone(), &["--delivery-workers", "0"]).await;
-    let created = t
-        .post_ok("/sms", json!({"phone": PHONE, "password": "5550"}))
-        .await;
-    let id = created["id"].as_str().unwrap().to_owned();
-    let TestStore::Redis { url, prefix } = &store else {
-        unreachable!("a Redis store")
     };
-    let mut redis = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_connection()
-        .unwrap();
     let (queue, job) = (
         format!("{{{prefix}:sms}}:queue"),
         format!("{{{prefix}:sms}}:job:{id}"),
@@ -427,13 +464,62 @@ async fn a_job_an_earlier_version_left_leased_in_the_stream_is_sent_when_its_lea
         (Some("sent"), Some(2)),
         "{d}"
     );
-    let sent = t
-        .console
-        .lines()
-        .iter()
-        .filter(|l| l.contains("5550"))
-        .count();
-    assert_eq!(sent, 1, "sent once, by the worker that took it over");
+    assert_eq!(
+        sent_with(&t, "5550"),
+        1,
+        "sent once, by the worker that took it over"
+    );
+}
+
+/// Earlier versions kept a job's message under a key of its own (`msg:<id>`), not in the
+/// job's hash. A job such a version queued is still sent after an upgrade.
+#[tokio::test]
+async fn a_job_queued_with_its_message_under_a_key_of_its_own_is_still_sent() {
+    let Some(Queued {
+        t,
+        id,
+        mut redis,
+        prefix,
+    }) = queued_on_redis(
+        "a_job_queued_with_its_message_under_a_key_of_its_own",
+        "5551",
+    )
+    .await
+    else {
+        return;
+    };
+    let job = format!("{{{prefix}:sms}}:job:{id}");
+    // As that version wrote it: the message beside the job, none in it.
+    let message: String = redis::cmd("HGET")
+        .arg(&job)
+        .arg("msg")
+        .query(&mut redis)
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{{{prefix}:sms}}:msg:{id}"))
+        .arg(&message)
+        .arg("PX")
+        .arg(300_000)
+        .query(&mut redis)
+        .unwrap();
+    let _: () = redis::cmd("HDEL")
+        .arg(&job)
+        .arg("msg")
+        .query(&mut redis)
+        .unwrap();
+
+    let t = t.restart_with(Vec::new()).await;
+    let d = t.finished_delivery(&id).await;
+    assert_eq!(
+        TestApp::state_and_attempts(&d),
+        (Some("sent"), Some(1)),
+        "{d}"
+    );
+    assert_eq!(
+        sent_with(&t, "5551"),
+        1,
+        "sent once, with the message kept beside the job"
+    );
 }
 
 /// A code's job handed to the worker at creation is written leased, so that nobody else

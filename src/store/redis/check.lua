@@ -50,11 +50,7 @@ local function check(K, A)
     table.insert(set, 'spent_until'); table.insert(set, spent_until)
   end
   if #set > 0 then
-    local needed = math.max(round_until or 0, spent_until or 0)
-    local longer, lifetime = outliving(held[7], needed, now)
-    for _, f in ipairs(longer) do table.insert(set, f) end
-    redis.call('HSET', K[1], unpack(set))
-    if lifetime then redis.call('PEXPIRE', K[1], lifetime) end
+    write_target(K[1], set, held[7], math.max(round_until or 0, spent_until or 0), now)
   end
   return 'invalid_password'
 end

@@ -9,7 +9,7 @@
 -- comma-separated), its recent sends ('sends', see sends_hit), the round of guesses
 -- since its last send ('failures', 'burned', 'until') and its wrong-guess budget
 -- ('spent', 'spent_until', which a send does not reset), see check.lua, and until when
--- the hash lives ('expires', see outliving).
+-- the hash lives ('expires', see write_target).
 local function create(K, A)
   local now, expires = tonumber(A[1]), tonumber(A[2])
   local held = redis.call('HMGET', K[3], 'codes', 'sends', 'spent', 'spent_until',
@@ -43,10 +43,7 @@ local function create(K, A)
   local fields = {'codes', table.concat(codes, ','),
     'sends', sends_after(held[2], target_rules, now), 'until', '0'}
   local needed = math.max(latest, now + longest_window(target_rules), spent_until or 0)
-  local longer, lifetime = outliving(held[5], needed, now)
-  for _, f in ipairs(longer) do table.insert(fields, f) end
-  redis.call('HSET', K[3], unpack(fields))
-  if lifetime then redis.call('PEXPIRE', K[3], lifetime) end
+  write_target(K[3], fields, held[5], needed, now)
   if A[5] == '1' then record(K[2], ip_rules, now, A[6]) end
   local lease_until = A[12] ~= '' and A[12] or nil
   enqueue(K[4], K[5], A[8], A[9], A[10], now, A[1], A[2], tonumber(A[11]), lease_until)

@@ -93,14 +93,18 @@ local function sends_after(raw, rules, now)
   return table.concat(kept, ',')
 end
 
--- A target's hash lives as long as what it holds that lives longest; its field 'expires'
--- says until when, so that a write that needs it kept longer can tell (without a PTTL
--- call), and one that needs less never shortens it. Returns the fields to add to the
--- write, and the lifetime to set afterwards (nil: as it is).
-local function outliving(held_expires, needed, now)
+-- Writes `fields` to a target's hash `key`, which lives as long as what it holds that
+-- lives longest: its field 'expires' says until when (`held_expires`, as read), so that
+-- a write that needs it kept until `needed` can tell without a PTTL call, and one that
+-- needs less never shortens it.
+local function write_target(key, fields, held_expires, needed, now)
   local current = tonumber(held_expires or '0')
-  if current > now and current >= needed then return {}, nil end
-  return {'expires', needed}, ttl(needed, now)
+  local longer = current <= now or current < needed
+  if longer then
+    table.insert(fields, 'expires'); table.insert(fields, needed)
+  end
+  redis.call('HSET', key, unpack(fields))
+  if longer then redis.call('PEXPIRE', key, ttl(needed, now)) end
 end
 
 -- The key `name` of the channel whose queue is `queue` ("<tag>:queue").

@@ -40,9 +40,8 @@ if previous then
 end
 redis.call('SET', KEYS[4], ARGV[4] .. '|' .. ARGV[2], 'PX', ttl(expires, now))
 redis.call('SET', KEYS[5], ARGV[3] .. '|' .. ARGV[6], 'PX', ttl(expires, now))
-local longer, lifetime = outliving(target[2], now + longest_window(rules), now)
-redis.call('HSET', KEYS[3], 'sends', sends_after(target[1], rules, now), unpack(longer))
-if lifetime then redis.call('PEXPIRE', KEYS[3], lifetime) end
+write_target(KEYS[3], {'sends', sends_after(target[1], rules, now)}, target[2],
+  now + longest_window(rules), now)
 enqueue(KEYS[6], KEYS[7], ARGV[6], ARGV[4], ARGV[7], now, ARGV[1], ARGV[2], tonumber(ARGV[8]))
 mark_handled()
 return {'created'}

@@ -7,6 +7,7 @@
 mod batch;
 mod conn;
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -176,17 +177,26 @@ fn limit_hit(fields: &[Value], at: usize) -> Result<LimitHit, StoreError> {
 }
 
 fn number(fields: &[Value], i: usize) -> Result<i64, StoreError> {
-    fields
-        .get(i)
-        .and_then(|v| i64::from_redis_value(v).ok())
-        .ok_or_else(|| StoreError::Internal("a malformed answer from Redis".into()))
+    parsed(fields.get(i))
 }
 
 fn text(fields: &[Value], i: usize) -> Result<String, StoreError> {
-    fields
-        .get(i)
-        .and_then(|v| String::from_redis_value(v).ok())
+    parsed(fields.get(i))
+}
+
+/// A script's answer (or a field of it) as `T`.
+fn parsed<T: FromRedisValue>(value: Option<&Value>) -> Result<T, StoreError> {
+    value
+        .and_then(|v| T::from_redis_value(v).ok())
         .ok_or_else(|| StoreError::Internal("a malformed answer from Redis".into()))
+}
+
+/// The default target rules as the scripts take them, when none are stored: encoded
+/// once, not at every create.
+fn default_target_rules() -> Result<&'static str, StoreError> {
+    static ENCODED: LazyLock<Result<String, StoreError>> =
+        LazyLock::new(|| rules_json(&LimitRules::default().targets));
+    ENCODED.as_deref().map_err(Clone::clone)
 }
 
 #[async_trait]
@@ -208,8 +218,9 @@ impl Store for RedisStore {
             code.max_active.to_string(),
             hex::encode(code.hash.0),
             if code.ip.is_some() { "1" } else { "0" }.to_owned(),
-            send_member(code.now),
-            rules_json(&LimitRules::default().targets)?,
+            // Only an IP's sends are a sorted set, whose members must be unique.
+            code.ip.map(|_| send_member(code.now)).unwrap_or_default(),
+            default_target_rules()?.to_owned(),
             id,
             code.target.clone(),
             Payload::encode(&code)?,
@@ -224,8 +235,7 @@ impl Store for RedisStore {
                 .unwrap_or_default(),
         ];
         let answer = self.creates[ch as usize].call(keys, args).await?;
-        let answer = Vec::<Value>::from_redis_value(&answer)
-            .map_err(|_| StoreError::Internal("a malformed answer from Redis".into()))?;
+        let answer: Vec<Value> = parsed(Some(&answer))?;
         match text(&answer, 0)?.as_str() {
             "created" => Ok(CreateOutcome::Created),
             "failure_budget" => Ok(CreateOutcome::FailureBudgetSpent {
@@ -262,8 +272,7 @@ impl Store for RedisStore {
         ];
         let keys = vec![self.target_key(ch, &check.target)];
         let answer = self.checks[ch as usize].call(keys, args).await?;
-        let answer = String::from_redis_value(&answer)
-            .map_err(|_| StoreError::Internal("a malformed answer from Redis".into()))?;
+        let answer: String = parsed(Some(&answer))?;
         match answer.as_str() {
             "verified" => Ok(CheckOutcome::Verified),
             "invalid_password" => Ok(CheckOutcome::InvalidPassword),
@@ -394,7 +403,7 @@ impl Store for RedisStore {
             .arg(code.expires_at.millis())
             .arg(&hash)
             .arg(&code.target)
-            .arg(rules_json(&LimitRules::default().targets)?)
+            .arg(default_target_rules()?)
             .arg(&id)
             .arg(Payload::encode(code)?)
             .arg(RETENTION.as_millis() as u64)
