@@ -541,3 +541,142 @@ async fn the_health_command_says_whether_the_service_answers() {
     assert_eq!(code, 1);
     assert!(err.contains("/health did not answer"), "{err}");
 }
+
+/// Puts a database back in the layout of the versions before the targets table: each
+/// target's codes, round of guesses, sends and wrong-guess budget in tables of their own.
+fn to_the_layout_before_targets(db: &Path) {
+    let db = rusqlite::Connection::open(db).unwrap();
+    db.execute_batch(
+        "CREATE TABLE codes (id INTEGER PRIMARY KEY, channel TEXT NOT NULL,
+             target TEXT NOT NULL, hash BLOB NOT NULL, expires_at INTEGER NOT NULL);
+         CREATE INDEX codes_by_target ON codes (channel, target, id);
+         CREATE INDEX codes_by_expiry ON codes (expires_at);
+         CREATE TABLE guesses (channel TEXT NOT NULL, target TEXT NOT NULL,
+             failures INTEGER NOT NULL, burned INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+             PRIMARY KEY (channel, target)) WITHOUT ROWID;",
+    )
+    .unwrap();
+    type Row = (String, String, Vec<u8>, Vec<u8>, i64, bool, i64, i64, i64);
+    let rows: Vec<Row> = db
+        .prepare(
+            "SELECT channel, target, codes, sends, failures, burned, round_until, spent,
+                    spent_until FROM targets",
+        )
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let int = |bytes: &[u8]| i64::from_be_bytes(bytes.try_into().unwrap());
+    for (channel, target, codes, sends, failures, burned, round_until, spent, until) in rows {
+        // Oldest first, so that the newest gets the highest id.
+        for code in codes.chunks(40).rev() {
+            db.execute(
+                "INSERT INTO codes (channel, target, hash, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![channel, target, &code[..32], int(&code[32..])],
+            )
+            .unwrap();
+        }
+        if round_until > 0 {
+            db.execute(
+                "INSERT INTO guesses VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![channel, target, failures, burned, round_until],
+            )
+            .unwrap();
+        }
+        for at in sends.chunks(8) {
+            db.execute(
+                "INSERT INTO sends (channel, kind, key, at) VALUES (?1, 'target', ?2, ?3)",
+                rusqlite::params![channel, target, int(at)],
+            )
+            .unwrap();
+        }
+        if spent > 0 {
+            db.execute(
+                "INSERT INTO quotas VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![channel, format!("failures:{target}"), spent, until],
+            )
+            .unwrap();
+        }
+    }
+    db.execute_batch("DROP TABLE targets").unwrap();
+}
+
+#[tokio::test]
+async fn an_upgrade_keeps_the_codes_guesses_sends_and_budgets_of_the_earlier_layout() {
+    let t = TestApp::spawn().await;
+    if !t.sqlite_only("an_upgrade_keeps_the_codes_guesses_sends_and_budgets_of_the_earlier_layout")
+    {
+        return;
+    }
+    let (many, guessed) = ("77011234567", "77011230000");
+    for password in ["11111", "22222", "33333"] {
+        t.post_ok("/sms", json!({"phone": many, "password": password}))
+            .await;
+    }
+    t.post_ok("/sms", json!({"phone": guessed, "password": "44444"}))
+        .await;
+    let wrong = json!({"phone": guessed, "password": "0"});
+    assert_eq!(
+        t.check_outcome("sms", wrong.clone()).await,
+        "invalid_password"
+    );
+
+    let t = t
+        .restart_after(|dir| to_the_layout_before_targets(&dir.join("otpd.db")))
+        .await;
+    let db = rusqlite::Connection::open(t.db_path()).unwrap();
+    let earlier: i64 = db
+        .query_row(
+            "SELECT (SELECT count(*) FROM sqlite_master WHERE name IN ('codes', 'guesses'))
+                  + (SELECT count(*) FROM sends) + (SELECT count(*) FROM quotas)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(earlier, 0, "the earlier tables are gone");
+
+    // The oldest of three codes still verifies, and spends the others.
+    let code = |password: &str| json!({"phone": many, "password": password});
+    assert_eq!(t.check_outcome("sms", code("11111")).await, "ok");
+    assert_eq!(
+        t.check_outcome("sms", code("33333")).await,
+        "invalid_password"
+    );
+    // Three sends counted: two more reach the limit of five in ten minutes.
+    for password in ["55555", "66666"] {
+        t.post_ok("/sms", code(password)).await;
+    }
+    let refused = t.post("/sms", code("77777")).await;
+    assert_eq!(refused.code(), "phone_limit");
+    // The wrong guess before the upgrade counts: four more burn the code.
+    for _ in 0..4 {
+        assert_eq!(
+            t.check_outcome("sms", wrong.clone()).await,
+            "invalid_password"
+        );
+    }
+    let right = json!({"phone": guessed, "password": "44444"});
+    assert_eq!(t.check_outcome("sms", right).await, "attempts_exceeded");
+    // And the wrong-guess budget holds all five.
+    let spent: i64 = db
+        .query_row(
+            "SELECT spent FROM targets WHERE target = ?1",
+            [guessed],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(spent, 5);
+}

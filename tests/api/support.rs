@@ -2,7 +2,7 @@
 //! provider's output captured, and a small HTTP client for it.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -214,9 +214,20 @@ impl TestApp {
         self.restart_with(args).await
     }
 
+    /// Like `restart`, with `change` made to the stopped server's data directory.
+    pub async fn restart_after(self, change: impl FnOnce(&Path)) -> TestApp {
+        let args = self.args.clone();
+        self.relaunch(args, change).await
+    }
+
     /// Like `restart`, with other settings.
-    pub async fn restart_with(mut self, args: Vec<String>) -> TestApp {
+    pub async fn restart_with(self, args: Vec<String>) -> TestApp {
+        self.relaunch(args, |_| {}).await
+    }
+
+    async fn relaunch(mut self, args: Vec<String>, change: impl FnOnce(&Path)) -> TestApp {
         self.app.take().unwrap().shutdown().await;
+        change(self.dir.path());
         TestApp::start(
             self.store.clone(),
             self.dir.clone(),
@@ -381,8 +392,7 @@ impl TestApp {
                 let db = rusqlite::Connection::open(self.db_path()).unwrap();
                 let mut out = String::new();
                 for table in [
-                    "codes",
-                    "guesses",
+                    "targets",
                     "sends",
                     "limit_rules",
                     "deliveries",

@@ -1,21 +1,20 @@
-//! Creating and checking codes, each one transaction.
+//! Creating and checking codes, each one transaction, on the target's row (targets.rs).
 
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 
-use super::{Purged, deliveries, limits, map_err, quotas};
+use super::targets::{self, TargetRow};
+use super::{Purged, deliveries, limits};
 use crate::clock::Timestamp;
-use crate::domain::Channel;
 use crate::domain::limits::LimitKind;
-use crate::domain::secret::CodeHash;
-use crate::domain::verification::{CheckEffect, CheckOutcome, GuessState, decide_check};
+use crate::domain::verification::{CheckEffect, CheckOutcome, decide_check};
 use crate::store::{CodeCheck, CreateOutcome, NewCode, StoreError};
 
 pub(super) fn create(conn: &Connection, code: &NewCode) -> Result<CreateOutcome, StoreError> {
-    if let Some(budget) = &code.failure_budget {
-        let failures = quotas::counter(conn, code.channel, &budget.key, code.now)?;
-        if let Some(resets_at) = failures.used_up(budget.limit) {
-            return Ok(CreateOutcome::FailureBudgetSpent { resets_at });
-        }
+    let mut row = targets::load(conn, code.channel, &code.target)?.unwrap_or_default();
+    if let Some(budget) = &code.failure_budget
+        && let Some(resets_at) = row.budget(code.now).used_up(budget.limit)
+    {
+        return Ok(CreateOutcome::FailureBudgetSpent { resets_at });
     }
     let rules = limits::load(conn, code.channel)?;
     let ip = code.ip.map(|ip| ip.to_string());
@@ -29,170 +28,67 @@ pub(super) fn create(conn: &Connection, code: &NewCode) -> Result<CreateOutcome,
             return Ok(CreateOutcome::Limited(LimitKind::Ip, hit));
         }
     }
-    if let Some(hit) = limits::check(
-        conn,
-        code.channel,
-        LimitKind::Target,
-        &code.target,
-        &rules.targets,
-        code.now,
-    )? {
+    let recent = row.recent_sends(&rules.targets, code.now);
+    if let Some(hit) = rules.targets.check(&recent, code.now) {
         return Ok(CreateOutcome::Limited(LimitKind::Target, hit));
     }
 
-    let channel = code.channel.as_str();
-    conn.prepare_cached(
-        "INSERT INTO codes (channel, target, hash, expires_at) VALUES (?1, ?2, ?3, ?4)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            channel,
-            code.target,
-            &code.hash.0[..],
-            code.expires_at.millis()
-        ])
-    })
-    .map_err(map_err)?;
-    // Keep the newest `max_active` live codes; expired ones of this target go too.
-    conn.prepare_cached(
-        "DELETE FROM codes WHERE channel = ?1 AND target = ?2 AND id NOT IN (
-             SELECT id FROM codes WHERE channel = ?1 AND target = ?2 AND expires_at > ?3
-             ORDER BY id DESC LIMIT ?4)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            channel,
-            code.target,
-            code.now.millis(),
-            code.max_active
-        ])
-    })
-    .map_err(map_err)?;
-    // A new send starts a new round of guesses.
-    conn.prepare_cached("DELETE FROM guesses WHERE channel = ?1 AND target = ?2")
-        .and_then(|mut s| s.execute(params![channel, code.target]))
-        .map_err(map_err)?;
+    row.add_code(code.hash, code.expires_at, code.max_active, code.now);
+    // A new send starts a new round of guesses; the budget goes on.
+    row.end_round();
+    row.add_send(&rules, code.now);
+    targets::save(conn, code.channel.as_str(), &code.target, &row)?;
     if let Some(ip) = &ip {
         limits::record_send(conn, code.channel, LimitKind::Ip, ip, code.now)?;
     }
-    limits::record_send(
-        conn,
-        code.channel,
-        LimitKind::Target,
-        &code.target,
-        code.now,
-    )?;
     deliveries::enqueue(conn, code)?;
     Ok(CreateOutcome::Created)
 }
 
 pub(super) fn check(conn: &Connection, check: &CodeCheck) -> Result<CheckOutcome, StoreError> {
-    let Some(budget) = &check.failure_budget else {
-        return check_live_codes(conn, check);
+    let Some(mut row) = targets::load(conn, check.channel, &check.target)? else {
+        // Nothing was ever sent to the target, or all of it expired.
+        if let Some(budget) = &check.failure_budget {
+            let mut row = TargetRow::default();
+            row.spend(check.now, budget.resets_at);
+            targets::save(conn, check.channel.as_str(), &check.target, &row)?;
+        }
+        return Ok(CheckOutcome::InvalidPassword);
     };
-    let failures = quotas::counter(conn, check.channel, &budget.key, check.now)?;
-    if failures.used_up(budget.limit).is_some() {
+    if let Some(budget) = &check.failure_budget
+        && row.budget(check.now).used_up(budget.limit).is_some()
+    {
         return Ok(CheckOutcome::AttemptsExceeded);
     }
-    let outcome = check_live_codes(conn, check)?;
-    match outcome {
-        CheckOutcome::InvalidPassword => quotas::count_one(conn, check.channel, budget, check.now)?,
-        // The budget is of consecutive failures (NIST SP 800-63B): a success ends it.
-        CheckOutcome::Verified if failures.count > 0 => {
-            quotas::reset(conn, check.channel, &budget.key)?
-        }
-        _ => {}
-    }
-    Ok(outcome)
-}
-
-fn check_live_codes(conn: &Connection, check: &CodeCheck) -> Result<CheckOutcome, StoreError> {
-    let channel = check.channel.as_str();
-    let now = check.now.millis();
-    let state = conn
-        .prepare_cached(
-            "SELECT failures, burned FROM guesses
-             WHERE channel = ?1 AND target = ?2 AND expires_at > ?3",
-        )
-        .and_then(|mut s| {
-            let mut rows = s.query(params![channel, check.target, now])?;
-            match rows.next()? {
-                Some(row) => Ok(GuessState {
-                    failures: row.get(0)?,
-                    burned: row.get(1)?,
-                }),
-                None => Ok(GuessState::default()),
-            }
-        })
-        .map_err(map_err)?;
-    let (live, latest_expiry) = live_codes(conn, check.channel, &check.target, check.now)?;
-
-    let (outcome, effect) = decide_check(state, &live, &check.hash, check.max_attempts);
+    let (live, latest_expiry) = row.live_codes(check.now);
+    let (outcome, effect) =
+        decide_check(row.round(check.now), &live, &check.hash, check.max_attempts);
     match effect {
         CheckEffect::None => {}
         CheckEffect::SpendAll => {
-            delete_codes(conn, channel, &check.target)?;
-            conn.prepare_cached("DELETE FROM guesses WHERE channel = ?1 AND target = ?2")
-                .and_then(|mut s| s.execute(params![channel, check.target]))
-                .map_err(map_err)?;
+            row.codes.clear();
+            row.end_round();
+            // The budget is of consecutive failures (NIST SP 800-63B): a success ends
+            // it. The sends stay: they still count.
+            row.end_budget();
         }
         CheckEffect::RecordFailure(next) => {
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO guesses (channel, target, failures, burned, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    channel,
-                    check.target,
-                    next.failures,
-                    next.burned,
-                    latest_expiry
-                ])
-            })
-            .map_err(map_err)?;
+            (row.failures, row.burned, row.round_until) =
+                (next.failures, next.burned, latest_expiry);
             if next.burned {
-                delete_codes(conn, channel, &check.target)?;
+                row.codes.clear();
             }
         }
     }
-    Ok(outcome)
-}
-
-/// The hashes of the live codes of a target, and when the last of them expires.
-fn live_codes(
-    conn: &Connection,
-    channel: Channel,
-    target: &str,
-    now: Timestamp,
-) -> Result<(Vec<CodeHash>, i64), StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT hash, expires_at FROM codes
-             WHERE channel = ?1 AND target = ?2 AND expires_at > ?3",
-        )
-        .map_err(map_err)?;
-    let mut rows = stmt
-        .query(params![channel.as_str(), target, now.millis()])
-        .map_err(map_err)?;
-    let mut hashes = Vec::new();
-    let mut latest = 0i64;
-    while let Some(row) = rows.next().map_err(map_err)? {
-        let bytes: Vec<u8> = row.get(0).map_err(map_err)?;
-        let hash: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| StoreError::Internal("a stored code hash is not 32 bytes".into()))?;
-        hashes.push(CodeHash(hash));
-        latest = latest.max(row.get(1).map_err(map_err)?);
+    if let (CheckOutcome::InvalidPassword, Some(budget)) = (outcome, &check.failure_budget) {
+        row.spend(check.now, budget.resets_at);
     }
-    Ok((hashes, latest))
-}
-
-fn delete_codes(conn: &Connection, channel: &str, target: &str) -> Result<(), StoreError> {
-    conn.prepare_cached("DELETE FROM codes WHERE channel = ?1 AND target = ?2")
-        .and_then(|mut s| s.execute(params![channel, target]))
-        .map_err(map_err)?;
-    Ok(())
+    if effect != CheckEffect::None
+        || outcome == CheckOutcome::InvalidPassword && check.failure_budget.is_some()
+    {
+        targets::save(conn, check.channel.as_str(), &check.target, &row)?;
+    }
+    Ok(outcome)
 }
 
 pub(super) fn purge(
@@ -200,13 +96,5 @@ pub(super) fn purge(
     now: Timestamp,
     purged: &mut Purged,
 ) -> Result<(), StoreError> {
-    purged.delete(conn, "codes", "id", "expires_at <= ?1", [now.millis()])?;
-    purged.delete(
-        conn,
-        "guesses",
-        "channel, target",
-        "expires_at <= ?1",
-        [now.millis()],
-    )?;
-    Ok(())
+    targets::sweep(conn, now, purged)
 }

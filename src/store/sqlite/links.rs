@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Purged, deliveries, limits, map_err};
+use super::{Purged, deliveries, limits, map_err, targets};
 use crate::clock::Timestamp;
 use crate::domain::Channel;
 use crate::domain::limits::LimitKind;
@@ -22,14 +22,12 @@ pub(super) fn create(conn: &Connection, link: &NewLinkCode) -> Result<LinkCodeOu
         return Ok(LinkCodeOutcome::AlreadyHandled);
     }
     let rules = limits::load(conn, Channel::Telegram)?;
-    if let Some(hit) = limits::check(
-        conn,
-        Channel::Telegram,
-        LimitKind::Target,
-        &code.target,
-        &rules.targets,
-        code.now,
-    )? {
+    // The chat's sends count here as the codes sent to it do (codes.rs).
+    let mut chat = targets::load(conn, Channel::Telegram, &code.target)?.unwrap_or_default();
+    if let Some(hit) = rules
+        .targets
+        .check(&chat.recent_sends(&rules.targets, code.now), code.now)
+    {
         mark_handled(conn, link.update_id, code.now)?;
         return Ok(LinkCodeOutcome::Limited(hit));
     }
@@ -70,13 +68,8 @@ pub(super) fn create(conn: &Connection, link: &NewLinkCode) -> Result<LinkCodeOu
         ])
     })
     .map_err(map_err)?;
-    limits::record_send(
-        conn,
-        Channel::Telegram,
-        LimitKind::Target,
-        &code.target,
-        code.now,
-    )?;
+    chat.add_send(&rules, code.now);
+    targets::save(conn, Channel::Telegram.as_str(), &code.target, &chat)?;
     deliveries::enqueue(conn, code)?;
     mark_handled(conn, link.update_id, code.now)?;
     Ok(LinkCodeOutcome::Created)

@@ -7,6 +7,7 @@ mod idempotency;
 mod limits;
 mod links;
 mod quotas;
+mod targets;
 mod writer;
 
 use std::fs::{self, File};
@@ -216,7 +217,8 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             )?;
         }
     }
-    conn.execute_batch(include_str!("schema.sql"))
+    conn.execute_batch(include_str!("schema.sql"))?;
+    targets::adopt_earlier_tables(conn)
 }
 
 fn map_err(e: rusqlite::Error) -> StoreError {

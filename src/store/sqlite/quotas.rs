@@ -90,10 +90,3 @@ pub(super) fn give_back(
     }
     Ok(())
 }
-
-pub(super) fn reset(conn: &Connection, channel: Channel, key: &str) -> Result<(), StoreError> {
-    conn.prepare_cached("DELETE FROM quotas WHERE channel = ?1 AND key = ?2")
-        .and_then(|mut s| s.execute(params![channel.as_str(), key]))
-        .map_err(map_err)?;
-    Ok(())
-}

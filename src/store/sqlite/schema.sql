@@ -1,26 +1,27 @@
--- Codes: only the keyed hash of each code is kept.
-CREATE TABLE IF NOT EXISTS codes (
-    id         INTEGER PRIMARY KEY,
-    channel    TEXT    NOT NULL,
-    target     TEXT    NOT NULL,
-    hash       BLOB    NOT NULL,
-    expires_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS codes_by_target ON codes (channel, target, id);
-CREATE INDEX IF NOT EXISTS codes_by_expiry ON codes (expires_at);
-
--- Wrong guesses since the last send of a (channel, target); lives as long as its codes.
-CREATE TABLE IF NOT EXISTS guesses (
-    channel    TEXT    NOT NULL,
-    target     TEXT    NOT NULL,
-    failures   INTEGER NOT NULL,
-    burned     INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL,
+-- All that is kept of one (channel, target), read once and written once by a create or
+-- a check (see targets.rs): its live codes (only their keyed hashes), its recent sends,
+-- its round of wrong guesses since its last send, and its wrong-guess budget.
+-- codes: newest first, each a 32-byte hash and its expiry (ms, 8 bytes big-endian);
+-- sends: accepted sends' times, oldest first, 8 bytes each. The sweep erases a row's
+-- codes once they expired, and the row once nothing in it counts (keep_until).
+CREATE TABLE IF NOT EXISTS targets (
+    channel     TEXT    NOT NULL,
+    target      TEXT    NOT NULL,
+    codes       BLOB    NOT NULL,
+    sends       BLOB    NOT NULL,
+    failures    INTEGER NOT NULL,
+    burned      INTEGER NOT NULL,
+    round_until INTEGER NOT NULL,
+    spent       INTEGER NOT NULL,
+    spent_until INTEGER NOT NULL,
+    keep_until  INTEGER NOT NULL,
+    sweep_at    INTEGER NOT NULL,
     PRIMARY KEY (channel, target)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS guesses_by_expiry ON guesses (expires_at);
+CREATE INDEX IF NOT EXISTS targets_by_sweep ON targets (sweep_at);
 
--- Accepted sends, for the sliding-window limits. kind is 'ip' or 'target'.
+-- Accepted sends per ip (and failed lookups), for the sliding-window limits; a target's
+-- sends are kept in its row.
 CREATE TABLE IF NOT EXISTS sends (
     channel TEXT    NOT NULL,
     kind    TEXT    NOT NULL,
