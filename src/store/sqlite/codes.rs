@@ -2,9 +2,7 @@
 
 use rusqlite::Connection;
 
-use super::targets::{self, TargetRow};
-use super::{Purged, deliveries, limits};
-use crate::clock::Timestamp;
+use super::{deliveries, limits, targets};
 use crate::domain::limits::LimitKind;
 use crate::domain::verification::{CheckEffect, CheckOutcome, decide_check};
 use crate::store::{CodeCheck, CreateOutcome, NewCode, StoreError};
@@ -46,15 +44,8 @@ pub(super) fn create(conn: &Connection, code: &NewCode) -> Result<CreateOutcome,
 }
 
 pub(super) fn check(conn: &Connection, check: &CodeCheck) -> Result<CheckOutcome, StoreError> {
-    let Some(mut row) = targets::load(conn, check.channel, &check.target)? else {
-        // Nothing was ever sent to the target, or all of it expired.
-        if let Some(budget) = &check.failure_budget {
-            let mut row = TargetRow::default();
-            row.spend(check.now, budget.resets_at);
-            targets::save(conn, check.channel.as_str(), &check.target, &row)?;
-        }
-        return Ok(CheckOutcome::InvalidPassword);
-    };
+    // No row: nothing was ever sent to the target, or all of it expired.
+    let mut row = targets::load(conn, check.channel, &check.target)?.unwrap_or_default();
     if let Some(budget) = &check.failure_budget
         && row.budget(check.now).used_up(budget.limit).is_some()
     {
@@ -80,21 +71,13 @@ pub(super) fn check(conn: &Connection, check: &CodeCheck) -> Result<CheckOutcome
             }
         }
     }
-    if let (CheckOutcome::InvalidPassword, Some(budget)) = (outcome, &check.failure_budget) {
+    let budget = check.failure_budget.as_ref();
+    let spends_budget = outcome == CheckOutcome::InvalidPassword && budget.is_some();
+    if let Some(budget) = budget.filter(|_| spends_budget) {
         row.spend(check.now, budget.resets_at);
     }
-    if effect != CheckEffect::None
-        || outcome == CheckOutcome::InvalidPassword && check.failure_budget.is_some()
-    {
+    if effect != CheckEffect::None || spends_budget {
         targets::save(conn, check.channel.as_str(), &check.target, &row)?;
     }
     Ok(outcome)
-}
-
-pub(super) fn purge(
-    conn: &Connection,
-    now: Timestamp,
-    purged: &mut Purged,
-) -> Result<(), StoreError> {
-    targets::sweep(conn, now, purged)
 }

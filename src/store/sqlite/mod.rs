@@ -328,7 +328,7 @@ impl Store for SqliteStore {
                 .writer
                 .call(move |conn| {
                     let (mut purged, mut ended) = (Purged::default(), EndedJobs::default());
-                    codes::purge(conn, now, &mut purged)?;
+                    targets::sweep(conn, now, &mut purged)?;
                     limits::purge_sends(conn, now, &mut purged)?;
                     links::purge(conn, now, &mut purged)?;
                     let quotas = "resets_at <= ?1";

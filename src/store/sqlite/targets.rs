@@ -37,6 +37,8 @@ pub(super) struct TargetRow {
     pub spent_until: i64,
     /// Until when anything in the row still counts: past it the sweep deletes the row.
     pub keep_until: i64,
+    /// The row's `sweep_at` as read; `None` for a row not stored yet.
+    stored_sweep_at: Option<i64>,
 }
 
 impl TargetRow {
@@ -159,6 +161,7 @@ impl TargetRow {
             spent: row.get::<_, i64>(first + 5)?.max(0) as u64,
             spent_until: row.get(first + 6)?,
             keep_until: row.get(first + 7)?,
+            stored_sweep_at: Some(row.get(first + 8)?),
         }))
     }
 }
@@ -198,7 +201,8 @@ pub(super) fn send_window(rules: &LimitRules) -> Duration {
         .max(rules.targets.longest_window())
 }
 
-const COLUMNS: &str = "codes, sends, failures, burned, round_until, spent, spent_until, keep_until";
+const COLUMNS: &str =
+    "codes, sends, failures, burned, round_until, spent, spent_until, keep_until, sweep_at";
 
 pub(super) fn load(
     conn: &Connection,
@@ -218,38 +222,51 @@ pub(super) fn load(
     .transpose()
 }
 
+/// Writes the row: a new one is inserted, a stored one updated, its index entry only
+/// when its `sweep_at` moved (an update that sets an indexed column rewrites its index
+/// entry, changed or not).
 pub(super) fn save(
     conn: &Connection,
     channel: &str,
     target: &str,
     row: &TargetRow,
 ) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO targets (channel, target, codes, sends, failures, burned, round_until,
-                              spent, spent_until, keep_until, sweep_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-         ON CONFLICT (channel, target) DO UPDATE SET
-             codes = excluded.codes, sends = excluded.sends, failures = excluded.failures,
-             burned = excluded.burned, round_until = excluded.round_until,
-             spent = excluded.spent, spent_until = excluded.spent_until,
-             keep_until = excluded.keep_until, sweep_at = excluded.sweep_at",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            channel,
-            target,
-            row.encode_codes(),
-            row.encode_sends(),
-            row.failures,
-            row.burned,
-            row.round_until,
-            row.spent as i64,
-            row.spent_until,
-            row.keep_until,
-            row.sweep_at(),
-        ])
-    })
-    .map_err(map_err)?;
+    let sweep_at = row.sweep_at();
+    let sql = match row.stored_sweep_at {
+        None => {
+            "INSERT INTO targets (channel, target, codes, sends, failures, burned, round_until,
+                                  spent, spent_until, keep_until, sweep_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+        }
+        Some(stored) if stored == sweep_at => {
+            "UPDATE targets SET codes = ?3, sends = ?4, failures = ?5, burned = ?6,
+                 round_until = ?7, spent = ?8, spent_until = ?9, keep_until = ?10
+             WHERE channel = ?1 AND target = ?2 AND sweep_at = ?11"
+        }
+        Some(_) => {
+            "UPDATE targets SET codes = ?3, sends = ?4, failures = ?5, burned = ?6,
+                 round_until = ?7, spent = ?8, spent_until = ?9, keep_until = ?10,
+                 sweep_at = ?11
+             WHERE channel = ?1 AND target = ?2"
+        }
+    };
+    conn.prepare_cached(sql)
+        .and_then(|mut s| {
+            s.execute(params![
+                channel,
+                target,
+                row.encode_codes(),
+                row.encode_sends(),
+                row.failures,
+                row.burned,
+                row.round_until,
+                row.spent as i64,
+                row.spent_until,
+                row.keep_until,
+                sweep_at,
+            ])
+        })
+        .map_err(map_err)?;
     Ok(())
 }
 
@@ -414,7 +431,15 @@ mod tests {
         (row.failures, row.burned, row.round_until) = (2, false, NOW.plus(MINUTE).millis());
         row.spend(NOW, NOW.plus(MINUTE * 60 * 24));
         save(&conn, "sms", "77011234567", &row).unwrap();
-        assert_eq!(stored(&conn), Some(row.clone()));
+        let read = stored(&conn).unwrap();
+        assert_eq!(read.stored_sweep_at, Some(NOW.plus(MINUTE * 2).millis()));
+        assert_eq!(
+            TargetRow {
+                stored_sweep_at: None,
+                ..read
+            },
+            row
+        );
         assert_eq!(row.codes[0].0, hash(2), "newest first");
         assert_eq!(row.keep_until, NOW.plus(MINUTE * 60 * 24).millis());
     }
