@@ -128,9 +128,8 @@ end
 local function enqueue(queue, job, id, target, payload, now, at, expires, retention,
                        lease_until)
   local fields = {'target', target, 'created_at', at, 'expires_at', expires, 'msg', payload,
-    'state', 'queued'}
+    'state', lease_until and 'sending' or 'queued'}
   if lease_until then
-    fields[10] = 'sending'
     table.insert(fields, 'attempts'); table.insert(fields, '1')
     table.insert(fields, 'lease_until'); table.insert(fields, lease_until)
   end

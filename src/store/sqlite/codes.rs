@@ -26,8 +26,7 @@ pub(super) fn create(conn: &Connection, code: &NewCode) -> Result<CreateOutcome,
             return Ok(CreateOutcome::Limited(LimitKind::Ip, hit));
         }
     }
-    let recent = row.recent_sends(&rules.targets, code.now);
-    if let Some(hit) = rules.targets.check(&recent, code.now) {
+    if let Some(hit) = row.limit_hit(&rules.targets, code.now) {
         return Ok(CreateOutcome::Limited(LimitKind::Target, hit));
     }
 
@@ -71,12 +70,15 @@ pub(super) fn check(conn: &Connection, check: &CodeCheck) -> Result<CheckOutcome
             }
         }
     }
-    let budget = check.failure_budget.as_ref();
-    let spends_budget = outcome == CheckOutcome::InvalidPassword && budget.is_some();
-    if let Some(budget) = budget.filter(|_| spends_budget) {
+    // A wrong password counts against the budget, whether or not a code was live.
+    let spent = check
+        .failure_budget
+        .as_ref()
+        .filter(|_| outcome == CheckOutcome::InvalidPassword);
+    if let Some(budget) = spent {
         row.spend(check.now, budget.resets_at);
     }
-    if effect != CheckEffect::None || spends_budget {
+    if effect != CheckEffect::None || spent.is_some() {
         targets::save(conn, check.channel.as_str(), &check.target, &row)?;
     }
     Ok(outcome)

@@ -24,10 +24,7 @@ pub(super) fn create(conn: &Connection, link: &NewLinkCode) -> Result<LinkCodeOu
     let rules = limits::load(conn, Channel::Telegram)?;
     // The chat's sends count here as the codes sent to it do (codes.rs).
     let mut chat = targets::load(conn, Channel::Telegram, &code.target)?.unwrap_or_default();
-    if let Some(hit) = rules
-        .targets
-        .check(&chat.recent_sends(&rules.targets, code.now), code.now)
-    {
+    if let Some(hit) = chat.limit_hit(&rules.targets, code.now) {
         mark_handled(conn, link.update_id, code.now)?;
         return Ok(LinkCodeOutcome::Limited(hit));
     }

@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{PURGE_STEP, Purged, map_err};
 use crate::clock::Timestamp;
 use crate::domain::Channel;
-use crate::domain::limits::{LimitRules, RuleSet};
+use crate::domain::limits::{LimitHit, LimitRules, RuleSet};
 use crate::domain::secret::CodeHash;
 use crate::domain::verification::GuessState;
 use crate::store::{Counter, StoreError};
@@ -81,12 +81,12 @@ impl TargetRow {
         (live.map(|(hash, _)| *hash).collect(), latest)
     }
 
-    /// The sends in `rules`' longest window, newest first (as `RuleSet::check` reads
-    /// them).
-    pub fn recent_sends(&self, rules: &RuleSet, now: Timestamp) -> Vec<Timestamp> {
+    /// The refusal of the strictest of `rules` that the row's sends break, if any.
+    pub fn limit_hit(&self, rules: &RuleSet, now: Timestamp) -> Option<LimitHit> {
         let since = now.minus(rules.longest_window()).millis();
         let recent = self.sends.iter().rev().take_while(|at| **at > since);
-        recent.map(|at| Timestamp::from_millis(*at)).collect()
+        let newest_first: Vec<_> = recent.map(|at| Timestamp::from_millis(*at)).collect();
+        rules.check(&newest_first, now)
     }
 
     /// Adds a new code, keeping at most `max_active` live ones (the newest).
@@ -231,42 +231,47 @@ pub(super) fn save(
     target: &str,
     row: &TargetRow,
 ) -> Result<(), StoreError> {
+    write(conn, channel, target, row).map_err(map_err)
+}
+
+fn write(conn: &Connection, channel: &str, target: &str, row: &TargetRow) -> rusqlite::Result<()> {
     let sweep_at = row.sweep_at();
-    let sql = match row.stored_sweep_at {
-        None => {
+    let (codes, sends) = (row.encode_codes(), row.encode_sends());
+    let values = params![
+        channel,
+        target,
+        codes,
+        sends,
+        row.failures,
+        row.burned,
+        row.round_until,
+        row.spent as i64,
+        row.spent_until,
+        row.keep_until,
+        sweep_at,
+    ];
+    let (sql, values) = match row.stored_sweep_at {
+        None => (
             "INSERT INTO targets (channel, target, codes, sends, failures, burned, round_until,
                                   spent, spent_until, keep_until, sweep_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-        }
-        Some(stored) if stored == sweep_at => {
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            values,
+        ),
+        Some(stored) if stored == sweep_at => (
             "UPDATE targets SET codes = ?3, sends = ?4, failures = ?5, burned = ?6,
                  round_until = ?7, spent = ?8, spent_until = ?9, keep_until = ?10
-             WHERE channel = ?1 AND target = ?2 AND sweep_at = ?11"
-        }
-        Some(_) => {
+             WHERE channel = ?1 AND target = ?2",
+            &values[..10],
+        ),
+        Some(_) => (
             "UPDATE targets SET codes = ?3, sends = ?4, failures = ?5, burned = ?6,
                  round_until = ?7, spent = ?8, spent_until = ?9, keep_until = ?10,
                  sweep_at = ?11
-             WHERE channel = ?1 AND target = ?2"
-        }
+             WHERE channel = ?1 AND target = ?2",
+            values,
+        ),
     };
-    conn.prepare_cached(sql)
-        .and_then(|mut s| {
-            s.execute(params![
-                channel,
-                target,
-                row.encode_codes(),
-                row.encode_sends(),
-                row.failures,
-                row.burned,
-                row.round_until,
-                row.spent as i64,
-                row.spent_until,
-                row.keep_until,
-                sweep_at,
-            ])
-        })
-        .map_err(map_err)?;
+    conn.prepare_cached(sql)?.execute(values)?;
     Ok(())
 }
 
@@ -366,16 +371,26 @@ pub(super) fn adopt_earlier_tables(conn: &Connection) -> rusqlite::Result<()> {
             (row.spent, row.spent_until) = (r.get::<_, i64>(2)?.max(0) as u64, r.get(3)?);
         }
     }
+    // Each channel's sends are kept as long as its rules count them.
+    let windows: Vec<(&str, Duration)> = Channel::ALL
+        .into_iter()
+        .map(|channel| {
+            let rules = super::limits::load(&tx, channel).unwrap_or_default();
+            (channel.as_str(), send_window(&rules))
+        })
+        .collect();
     for ((channel, target), mut row) in rows {
-        let rules = match channel.parse::<Channel>() {
-            Ok(parsed) => super::limits::load(&tx, parsed).unwrap_or_default(),
-            Err(()) => LimitRules::default(),
-        };
-        let last_send = row.sends.last().map(|at| {
-            Timestamp::from_millis(*at)
-                .plus(send_window(&rules))
-                .millis()
-        });
+        let window = windows
+            .iter()
+            .find(|(name, _)| *name == channel)
+            .map_or_else(
+                || send_window(&LimitRules::default()),
+                |(_, window)| *window,
+            );
+        let last_send = row
+            .sends
+            .last()
+            .map(|at| Timestamp::from_millis(*at).plus(window).millis());
         let latest_code = row.codes.iter().map(|(_, ends)| *ends).max();
         row.keep_until = [
             last_send,
@@ -387,9 +402,7 @@ pub(super) fn adopt_earlier_tables(conn: &Connection) -> rusqlite::Result<()> {
         .flatten()
         .max()
         .unwrap_or(0);
-        save(&tx, &channel, &target, &row).map_err(|e| {
-            rusqlite::Error::ToSqlConversionFailure(format!("cannot move a target: {e}").into())
-        })?;
+        write(&tx, &channel, &target, &row)?;
     }
     tx.execute_batch(
         "DROP TABLE codes;
