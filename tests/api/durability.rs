@@ -680,3 +680,70 @@ async fn an_upgrade_keeps_the_codes_guesses_sends_and_budgets_of_the_earlier_lay
         .unwrap();
     assert_eq!(spent, 5);
 }
+
+/// The outbox's indexes as they were before each index held one state's jobs: two, over
+/// every job, by state.
+fn to_the_outbox_indexes_before(db: &Path) {
+    let db = rusqlite::Connection::open(db).unwrap();
+    db.execute_batch(
+        "DROP INDEX deliveries_queued;
+         DROP INDEX deliveries_queued_expiring;
+         DROP INDEX deliveries_sending;
+         DROP INDEX deliveries_ended;
+         CREATE INDEX deliveries_due_by_channel ON deliveries (channel, state, next_attempt_at);
+         CREATE INDEX deliveries_expiring_by_channel ON deliveries (channel, state, expires_at);",
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn an_outbox_indexed_as_before_is_reindexed_and_its_queued_jobs_still_sent() {
+    let t = TestApp::spawn_with(&["--delivery-workers", "0"]).await;
+    if !t.sqlite_only("an_outbox_indexed_as_before_is_reindexed_and_its_queued_jobs_still_sent") {
+        return;
+    }
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let created = t
+            .post_ok(
+                "/email",
+                json!({"email": format!("u{i}@example.com"), "password": "1"}),
+            )
+            .await;
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+
+    let t = t
+        .restart_after(|dir| to_the_outbox_indexes_before(&dir.join("otpd.db")))
+        .await;
+    let db = rusqlite::Connection::open(t.db_path()).unwrap();
+    let indexes: Vec<String> = db
+        .prepare(
+            "SELECT name FROM sqlite_master
+             WHERE type = 'index' AND tbl_name = 'deliveries' AND sql IS NOT NULL
+             ORDER BY name",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        indexes,
+        [
+            "deliveries_ended",
+            "deliveries_queued",
+            "deliveries_queued_expiring",
+            "deliveries_sending"
+        ]
+    );
+    let m = crate::operability::metrics_of(&t).await;
+    crate::operability::has(&m, r#"otpd_delivery_queue_depth{channel="email"} 2"#);
+
+    let t = t.restart_with(Vec::new()).await;
+    for id in &ids {
+        assert_eq!(t.finished_delivery(id).await["state"], "sent");
+    }
+    let m = crate::operability::metrics_of(&t).await;
+    crate::operability::has(&m, r#"otpd_delivery_queue_depth{channel="email"} 0"#);
+}

@@ -58,13 +58,26 @@ CREATE TABLE IF NOT EXISTS deliveries (
     provider_message_id TEXT,
     history         TEXT    NOT NULL DEFAULT '[]'
 ) WITHOUT ROWID;
+-- The indexes a claim reads hold only unfinished jobs, each in the index of its state,
+-- so that a job leaves them when it ends instead of moving within them: a job handed to
+-- its worker at once is written into one of them and erased from it, not moved twice in
+-- two. A query uses a partial index only when its WHERE names the index's state
+-- literally (state = 'queued' there, never state IN (...) or a parameter).
 DROP INDEX IF EXISTS deliveries_due;
-CREATE INDEX IF NOT EXISTS deliveries_due_by_channel
-    ON deliveries (channel, state, next_attempt_at);
--- Every claim looks for jobs whose code expired: without this it would read the whole
--- backlog each time.
-CREATE INDEX IF NOT EXISTS deliveries_expiring_by_channel
-    ON deliveries (channel, state, expires_at);
+DROP INDEX IF EXISTS deliveries_due_by_channel;
+DROP INDEX IF EXISTS deliveries_expiring_by_channel;
+CREATE INDEX IF NOT EXISTS deliveries_queued
+    ON deliveries (channel, next_attempt_at) WHERE state = 'queued';
+-- Every claim looks for queued jobs whose code expired: without this it would read the
+-- whole backlog each time.
+CREATE INDEX IF NOT EXISTS deliveries_queued_expiring
+    ON deliveries (channel, expires_at) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS deliveries_sending
+    ON deliveries (channel, lease_until) WHERE state = 'sending';
+-- The purge, of ended jobs only (it first ends those whose code expired unsent): a job
+-- enters this index when it ends, so a create writes only one of the three above.
+CREATE INDEX IF NOT EXISTS deliveries_ended
+    ON deliveries (expires_at) WHERE state NOT IN ('queued', 'sending');
 
 -- Codes the Telegram bot handed out, found by the code alone (GET /target): the hash is
 -- of the code only, so it is unique among live codes.
