@@ -126,17 +126,23 @@ fn expire_lapsed(conn: &Connection, channel: Channel, now: Timestamp) -> Result<
     Ok(expired)
 }
 
+/// Ends the jobs that `$waiting` picks as expired (?1: now, ?2: the channel).
+macro_rules! expire_where {
+    ($waiting:literal) => {
+        concat!(
+            "UPDATE deliveries
+             SET state = 'expired', payload = NULL, lease_until = NULL, updated_at = ?1,
+                 error = 'the code expired before it could be delivered'
+                         || coalesce(' (last error: ' || error || ')', '')
+             WHERE channel = ?2 AND ",
+            $waiting
+        )
+    };
+}
+
 const EXPIRE_LAPSED: [&str; 2] = [
-    "UPDATE deliveries
-     SET state = 'expired', payload = NULL, lease_until = NULL, updated_at = ?1,
-         error = 'the code expired before it could be delivered'
-                 || coalesce(' (last error: ' || error || ')', '')
-     WHERE channel = ?2 AND state = 'queued' AND expires_at <= ?1",
-    "UPDATE deliveries
-     SET state = 'expired', payload = NULL, lease_until = NULL, updated_at = ?1,
-         error = 'the code expired before it could be delivered'
-                 || coalesce(' (last error: ' || error || ')', '')
-     WHERE channel = ?2 AND state = 'sending' AND lease_until <= ?1 AND expires_at <= ?1",
+    expire_where!("state = 'queued' AND expires_at <= ?1"),
+    expire_where!("state = 'sending' AND lease_until <= ?1 AND expires_at <= ?1"),
 ];
 
 pub(super) fn next_due(
