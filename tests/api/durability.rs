@@ -717,25 +717,18 @@ async fn an_outbox_indexed_as_before_is_reindexed_and_its_queued_jobs_still_sent
         .restart_after(|dir| to_the_outbox_indexes_before(&dir.join("otpd.db")))
         .await;
     let db = rusqlite::Connection::open(t.db_path()).unwrap();
-    let indexes: Vec<String> = db
-        .prepare(
-            "SELECT name FROM sqlite_master
+    let indexes: String = db
+        .query_row(
+            "SELECT group_concat(name, ' ') FROM (SELECT name FROM sqlite_master
              WHERE type = 'index' AND tbl_name = 'deliveries' AND sql IS NOT NULL
-             ORDER BY name",
+             ORDER BY name)",
+            [],
+            |r| r.get(0),
         )
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(
         indexes,
-        [
-            "deliveries_ended",
-            "deliveries_queued",
-            "deliveries_queued_expiring",
-            "deliveries_sending"
-        ]
+        "deliveries_ended deliveries_queued deliveries_queued_expiring deliveries_sending"
     );
     let m = crate::operability::metrics_of(&t).await;
     crate::operability::has(&m, r#"otpd_delivery_queue_depth{channel="email"} 2"#);
