@@ -201,16 +201,23 @@ pub(super) fn send_window(rules: &LimitRules) -> Duration {
         .max(rules.targets.longest_window())
 }
 
-const COLUMNS: &str =
-    "codes, sends, failures, burned, round_until, spent, spent_until, keep_until, sweep_at";
+/// The columns `TargetRow::from_row` reads, in its order; a macro so that every create
+/// and check names its statement without formatting it again.
+macro_rules! row_columns {
+    () => {
+        "codes, sends, failures, burned, round_until, spent, spent_until, keep_until, sweep_at"
+    };
+}
 
 pub(super) fn load(
     conn: &Connection,
     channel: Channel,
     target: &str,
 ) -> Result<Option<TargetRow>, StoreError> {
-    conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM targets WHERE channel = ?1 AND target = ?2"
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        row_columns!(),
+        " FROM targets WHERE channel = ?1 AND target = ?2"
     ))
     .and_then(|mut s| {
         s.query_row(params![channel.as_str(), target], |row| {
@@ -284,7 +291,8 @@ pub(super) fn sweep(
 ) -> Result<(), StoreError> {
     let due = conn
         .prepare_cached(&format!(
-            "SELECT channel, target, {COLUMNS} FROM targets WHERE sweep_at <= ?1 LIMIT {PURGE_STEP}"
+            "SELECT channel, target, {} FROM targets WHERE sweep_at <= ?1 LIMIT {PURGE_STEP}",
+            row_columns!()
         ))
         .and_then(|mut s| {
             s.query_map([now.millis()], |row| {
@@ -371,22 +379,14 @@ pub(super) fn adopt_earlier_tables(conn: &Connection) -> rusqlite::Result<()> {
             (row.spent, row.spent_until) = (r.get::<_, i64>(2)?.max(0) as u64, r.get(3)?);
         }
     }
-    // Each channel's sends are kept as long as its rules count them.
-    let windows: Vec<(&str, Duration)> = Channel::ALL
-        .into_iter()
-        .map(|channel| {
-            let rules = super::limits::load(&tx, channel).unwrap_or_default();
-            (channel.as_str(), send_window(&rules))
-        })
-        .collect();
+    // Each channel's sends are kept as long as its rules count them (by `Channel::ALL`).
+    let windows = Channel::ALL
+        .map(|channel| send_window(&super::limits::load(&tx, channel).unwrap_or_default()));
     for ((channel, target), mut row) in rows {
-        let window = windows
-            .iter()
-            .find(|(name, _)| *name == channel)
-            .map_or_else(
-                || send_window(&LimitRules::default()),
-                |(_, window)| *window,
-            );
+        let window = channel.parse::<Channel>().map_or_else(
+            |()| send_window(&LimitRules::default()),
+            |channel| windows[channel as usize],
+        );
         let last_send = row
             .sends
             .last()
