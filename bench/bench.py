@@ -3,6 +3,7 @@ the baseline server measured in the same run (see BENCHMARKS.md). Called by benc
 
 import atexit
 import json
+import math
 import os
 import re
 import statistics
@@ -226,6 +227,16 @@ def seed(store, count, first_phone, prefix, delivered=True):
                    env={**os.environ, "OTP_SECRET": SECRET}, check=True,
                    stderr=subprocess.DEVNULL)
     settled(store)
+    written_out()
+
+
+def written_out():
+    """Writes every dirty page of the machine to disk before a measured run. Seeding
+    writes hundreds of megabytes that the kernel holds in memory and writes out about
+    30 seconds later (vm.dirty_expire_centisecs), inside the measured runs: the disk is
+    then busy with them, each fdatasync of otpd's log waits behind them, and a SQLite
+    run's p99 read 70-700 ms where it is 4 ms (BENCHMARKS.md, finding 32)."""
+    os.sync()
 
 
 def otpd(store, prefix, extra=None):
@@ -367,17 +378,22 @@ def bars(memory):
     def bar(text, measured, met):
         verdicts.append({"bar": text, "measured": measured, "met": bool(met)})
 
+    def down(x):
+        """Two decimals, rounded down, so that a ratio of 0.2982 is not shown as a 0.30
+        next to "NOT met" for a bar of 0.30."""
+        return f"{math.floor(x * 100) / 100:.2f}"
+
     for store, create_bar, check_bar in (("sqlite", 0.40, 0.50), ("redis", 0.30, 0.30)):
         create = ratio(f"{store} POST /sms (create)")
         checks = [ratio(f"{store} GET /sms/check {kind} code") for kind in ("right", "wrong")]
-        bar(f"{store} create >= {create_bar} x baseline", f"{create:.2f}", create >= create_bar)
+        bar(f"{store} create >= {create_bar} x baseline", down(create), create >= create_bar)
         bar(f"{store} check >= {check_bar} x baseline",
-            " / ".join(f"{c:.2f}" for c in checks), min(checks) >= check_bar)
+            " / ".join(down(c) for c in checks), min(checks) >= check_bar)
         keep = [ratio(f"{store} {live} {what}") / ratio(f"{store} {what}")
                 for what in ("POST /sms (create)", "GET /sms/check right code",
                              "GET /sms/check wrong code")]
         bar(f"{store} with {LIVE_CODES} live codes >= 0.80 x empty store",
-            " / ".join(f"{k:.2f}" for k in keep), min(keep) >= 0.80)
+            " / ".join(down(k) for k in keep), min(keep) >= 0.80)
     p99 = max(row["p99_ms"] for row in results if row["name"].startswith("sqlite ")
               and "rps" in row)
     bar("sqlite p99 <= 10 ms", f"{p99:.1f} ms", p99 <= 10)
@@ -395,6 +411,7 @@ def bars(memory):
 
 def main():
     started = time.time()
+    written_out()  # what the build just wrote
     sink_port = free_port()
     baseline = Process([BASELINE, f"127.0.0.1:{sink_port}"])
     watched["server"] = baseline.proc.pid
