@@ -637,15 +637,11 @@ async fn an_upgrade_keeps_the_codes_guesses_sends_and_budgets_of_the_earlier_lay
     let t = t
         .restart_after(|dir| to_the_layout_before_targets(&dir.join("otpd.db")))
         .await;
-    let db = rusqlite::Connection::open(t.db_path()).unwrap();
-    let earlier: i64 = db
-        .query_row(
-            "SELECT (SELECT count(*) FROM sqlite_master WHERE name IN ('codes', 'guesses'))
-                  + (SELECT count(*) FROM sends) + (SELECT count(*) FROM quotas)",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let earlier: i64 = t.db_value(
+        "SELECT (SELECT count(*) FROM sqlite_master WHERE name IN ('codes', 'guesses'))
+              + (SELECT count(*) FROM sends) + (SELECT count(*) FROM quotas)",
+        [],
+    );
     assert_eq!(earlier, 0, "the earlier tables are gone");
 
     // The oldest of three codes still verifies, and spends the others.
@@ -671,13 +667,7 @@ async fn an_upgrade_keeps_the_codes_guesses_sends_and_budgets_of_the_earlier_lay
     let right = json!({"phone": guessed, "password": "44444"});
     assert_eq!(t.check_outcome("sms", right).await, "attempts_exceeded");
     // And the wrong-guess budget holds all five.
-    let spent: i64 = db
-        .query_row(
-            "SELECT spent FROM targets WHERE target = ?1",
-            [guessed],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let spent: i64 = t.db_value("SELECT spent FROM targets WHERE target = ?1", [guessed]);
     assert_eq!(spent, 5);
 }
 
@@ -716,16 +706,12 @@ async fn an_outbox_indexed_as_before_is_reindexed_and_its_queued_jobs_still_sent
     let t = t
         .restart_after(|dir| to_the_outbox_indexes_before(&dir.join("otpd.db")))
         .await;
-    let db = rusqlite::Connection::open(t.db_path()).unwrap();
-    let indexes: String = db
-        .query_row(
-            "SELECT group_concat(name, ' ') FROM (SELECT name FROM sqlite_master
-             WHERE type = 'index' AND tbl_name = 'deliveries' AND sql IS NOT NULL
-             ORDER BY name)",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let indexes: String = t.db_value(
+        "SELECT group_concat(name, ' ') FROM (SELECT name FROM sqlite_master
+         WHERE type = 'index' AND tbl_name = 'deliveries' AND sql IS NOT NULL
+         ORDER BY name)",
+        [],
+    );
     assert_eq!(
         indexes,
         "deliveries_ended deliveries_queued deliveries_queued_expiring deliveries_sending"

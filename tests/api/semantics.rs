@@ -205,13 +205,11 @@ async fn a_generated_code_needs_a_placeholder_in_the_given_message() {
 
 /// The code hashes SQLite holds: each target's row keeps its codes as 40-byte entries
 /// (a 32-byte hash and an 8-byte expiry).
-fn stored_code_hashes(db: &rusqlite::Connection) -> i64 {
-    db.query_row(
+fn stored_code_hashes(t: &TestApp) -> i64 {
+    t.db_value(
         "SELECT coalesce(sum(length(codes)), 0) / 40 FROM targets",
         [],
-        |r| r.get(0),
     )
-    .unwrap()
 }
 
 #[tokio::test]
@@ -232,10 +230,7 @@ async fn expired_codes_answer_invalid_password_and_are_purged() {
 
     // SQLite's purger deletes rows; Redis lets keys expire by themselves.
     if t.sqlite_only("expired_codes_are_purged") {
-        let count = || {
-            let db = rusqlite::Connection::open(t.db_path()).unwrap();
-            stored_code_hashes(&db)
-        };
+        let count = || stored_code_hashes(&t);
         assert_eq!(count(), 2);
         assert!(t.app().purge_expired().await.unwrap() >= 1);
         assert_eq!(count(), 1, "only the live code is left");
@@ -256,10 +251,9 @@ async fn the_background_purger_removes_expired_codes() {
     t.advance(31);
     // The purger sweeps once as it starts, then every OTP_PURGE_INTERVAL.
     let t = t.restart().await;
-    let db = rusqlite::Connection::open(t.db_path()).unwrap();
     let mut left = -1;
     for _ in 0..500 {
-        left = stored_code_hashes(&db);
+        left = stored_code_hashes(&t);
         if left == 0 {
             break;
         }

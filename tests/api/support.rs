@@ -246,6 +246,16 @@ impl TestApp {
         self.dir.path().join("otpd.db")
     }
 
+    /// The one value `sql` reads from the SQLite database, opened beside the running otpd.
+    pub fn db_value<T: rusqlite::types::FromSql>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> T {
+        let db = rusqlite::Connection::open(self.db_path()).unwrap();
+        db.query_row(sql, params, |r| r.get(0)).unwrap()
+    }
+
     pub fn on_sqlite(&self) -> bool {
         matches!(self.store, TestStore::Sqlite)
     }
