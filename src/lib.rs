@@ -169,7 +169,12 @@ impl App {
             max_attempts: config.max_attempts,
         };
         let abuse = config.abuse.settings()?;
-        tokio::task::spawn_blocking(PhonePolicy::warm_up);
+        // Finished before the server answers anything, /health included: started in the
+        // background, it was still loading (~100 ms) when the first requests came, and
+        // they and every request behind them waited for it (BENCHMARKS.md, finding 36).
+        if let Err(e) = tokio::task::spawn_blocking(PhonePolicy::warm_up).await {
+            tracing::warn!(error = %e, "cannot load the phone number metadata ahead of the first request");
+        }
         if !abuse.test_targets.is_empty() {
             tracing::warn!(
                 count = abuse.test_targets.len(),
