@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{Purged, map_err};
+use super::{PURGE_STEP, Purged, map_err};
 use crate::clock::Timestamp;
 use crate::delivery::{AttemptReport, DeliveryId, DeliveryJob, DeliveryState};
 use crate::domain::Channel;
@@ -64,7 +64,13 @@ pub(super) fn claim(
         return Ok((Vec::new(), ended));
     }
     let now = now.millis();
-    ended.expired[channel as usize] = expire_lapsed(conn, channel, Timestamp::from_millis(now))?;
+    let (expired, more) = expire_lapsed(conn, channel, Timestamp::from_millis(now))?;
+    ended.expired[channel as usize] = expired;
+    if more {
+        // The claim below would take lapsed jobs too. None is taken this time: the
+        // worker finds jobs due at once and claims again, each claim ending a step more.
+        return Ok((Vec::new(), ended));
+    }
     let mut stmt = conn.prepare_cached(CLAIM).map_err(map_err)?;
     let mut rows = stmt
         .query(params![
@@ -115,18 +121,30 @@ const CLAIM: &str = "UPDATE deliveries
 /// message is erased, whether or not a worker is running. One channel and one state at
 /// a time, so that each statement reads a range of that state's index: a claim must not
 /// read the whole backlog. A job being sent expires only once its lease lapsed too.
-fn expire_lapsed(conn: &Connection, channel: Channel, now: Timestamp) -> Result<u64, StoreError> {
-    let mut expired = 0;
+///
+/// At most `PURGE_STEP` jobs per state at a time, since every request waits for the
+/// writer meanwhile: ending a backlog of lapsed jobs in one statement held them all for
+/// hundreds of milliseconds (BENCHMARKS.md, finding 37). True when a state may have
+/// more.
+fn expire_lapsed(
+    conn: &Connection,
+    channel: Channel,
+    now: Timestamp,
+) -> Result<(u64, bool), StoreError> {
+    let (mut expired, mut more) = (0, false);
     for sql in EXPIRE_LAPSED {
-        expired += conn
+        let ended = conn
             .prepare_cached(sql)
-            .and_then(|mut s| s.execute(params![now.millis(), channel.as_str()]))
-            .map_err(map_err)? as u64;
+            .and_then(|mut s| s.execute(params![now.millis(), channel.as_str(), PURGE_STEP]))
+            .map_err(map_err)?;
+        expired += ended as u64;
+        more |= ended >= PURGE_STEP;
     }
-    Ok(expired)
+    Ok((expired, more))
 }
 
-/// Ends the jobs that `$waiting` picks as expired (?1: now, ?2: the channel).
+/// Ends the jobs that `$waiting` picks as expired (?1: now, ?2: the channel, ?3: how
+/// many at most).
 macro_rules! expire_where {
     ($waiting:literal) => {
         concat!(
@@ -134,8 +152,9 @@ macro_rules! expire_where {
              SET state = 'expired', payload = NULL, lease_until = NULL, updated_at = ?1,
                  error = 'the code expired before it could be delivered'
                          || coalesce(' (last error: ' || error || ')', '')
-             WHERE channel = ?2 AND ",
-            $waiting
+             WHERE id IN (SELECT id FROM deliveries WHERE channel = ?2 AND ",
+            $waiting,
+            " LIMIT ?3)"
         )
     };
 }
@@ -303,7 +322,9 @@ pub(super) fn purge(
     purged: &mut Purged,
 ) -> Result<(), StoreError> {
     for channel in Channel::ALL {
-        ended.expired[channel as usize] += expire_lapsed(conn, channel, now)?;
+        let (expired, more) = expire_lapsed(conn, channel, now)?;
+        ended.expired[channel as usize] += expired;
+        purged.more |= more;
     }
     // In steps along the ended jobs' index: every job whose code expired has ended
     // now. A job goes `before` (a day) after its code expired, as on Redis.

@@ -447,6 +447,77 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
+    /// Jobs queued for `sms` whose code expired at 1 s, and one whose code lives on.
+    async fn lapsed_jobs(store: &SqliteStore, lapsed: usize) {
+        let payload = serde_json::to_string(&crate::store::outbox::Payload {
+            content: crate::domain::message::MessageContent::Text { text: "x".into() },
+            code: None,
+        })
+        .unwrap();
+        store
+            .writer
+            .call(move |conn| {
+                let jobs = (0..lapsed).map(|n| (format!("{n:032x}"), 1_000));
+                for (id, expires_at) in jobs.chain([("f".repeat(32), i64::MAX)]) {
+                    conn.execute(
+                        "INSERT INTO deliveries (id, channel, target, payload, state, created_at,
+                                                 updated_at, expires_at, next_attempt_at)
+                         VALUES (?1, 'sms', '+77010000000', ?2, 'queued', 0, 0, ?3, 0)",
+                        rusqlite::params![id, payload, expires_at],
+                    )
+                    .map_err(map_err)?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_claim_ends_lapsed_jobs_a_step_at_a_time_and_never_takes_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("otp.db")).unwrap();
+        lapsed_jobs(&store, PURGE_STEP + 7).await;
+        let (now, lease) = (
+            Timestamp::from_millis(2_000),
+            Timestamp::from_millis(62_000),
+        );
+        let sms = Channel::Sms as usize;
+
+        let (jobs, ended) = store
+            .claim_deliveries(Channel::Sms, now, lease, 10)
+            .await
+            .unwrap();
+        assert!(
+            jobs.is_empty(),
+            "lapsed jobs are left: nothing is claimed yet"
+        );
+        assert_eq!(ended.expired[sms], PURGE_STEP as u64);
+
+        let (jobs, ended) = store
+            .claim_deliveries(Channel::Sms, now, lease, 10)
+            .await
+            .unwrap();
+        assert_eq!(ended.expired[sms], 7);
+        let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
+        assert_eq!(ids, ["f".repeat(32)], "only the live job is claimed");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_purge_ends_every_lapsed_job_in_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("otp.db")).unwrap();
+        let lapsed = PURGE_STEP * 2 + 7;
+        lapsed_jobs(&store, lapsed).await;
+        let (_, ended) = store
+            .purge_expired(Timestamp::from_millis(2_000))
+            .await
+            .unwrap();
+        assert_eq!(ended.expired[Channel::Sms as usize], lapsed as u64);
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn a_purge_larger_than_a_step_runs_in_steps_until_nothing_is_left() {
         let dir = tempfile::tempdir().unwrap();
