@@ -447,6 +447,13 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
+    /// A store in a directory of its own, removed with the returned guard.
+    fn new_store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("otp.db")).unwrap();
+        (dir, store)
+    }
+
     /// Jobs queued for `sms` whose code expired at 1 s, and one whose code lives on.
     async fn lapsed_jobs(store: &SqliteStore, lapsed: usize) {
         let payload = serde_json::to_string(&crate::store::outbox::Payload {
@@ -475,8 +482,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_claim_ends_lapsed_jobs_a_step_at_a_time_and_never_takes_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("otp.db")).unwrap();
+        let (_dir, store) = new_store();
         lapsed_jobs(&store, PURGE_STEP + 7).await;
         let (now, lease) = (
             Timestamp::from_millis(2_000),
@@ -506,8 +512,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_purge_ends_every_lapsed_job_in_steps() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("otp.db")).unwrap();
+        let (_dir, store) = new_store();
         let lapsed = PURGE_STEP * 2 + 7;
         lapsed_jobs(&store, lapsed).await;
         let (_, ended) = store
@@ -520,8 +525,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_purge_larger_than_a_step_runs_in_steps_until_nothing_is_left() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("otp.db")).unwrap();
+        let (_dir, store) = new_store();
         let rows = PURGE_STEP * 2 + 7;
         store
             .writer
