@@ -156,8 +156,10 @@ const STATEMENT_CACHE: usize = 128;
 /// records (900,000 rows at 15,000 creates/s) held the writer, and every request, for
 /// seconds (the benchmark's p99 with a million codes held). A step of 2,000 rows still
 /// held a batch for over 10 ms (each row is zeroed by `secure_delete` and leaves two
-/// indexes): the create p99 was 26 ms while the seed's records were purged.
-const PURGE_STEP: usize = 500;
+/// indexes): the create p99 was 26 ms while the seed's records were purged. At 500, the
+/// creates right after a restart that found 100,000 expired codes read 15-16 ms, at 100
+/// 8.5-8.7 (BENCHMARKS.md, finding 37).
+const PURGE_STEP: usize = 100;
 
 /// What one purge step removed, and whether a statement stopped at its step.
 #[derive(Debug, Default)]
