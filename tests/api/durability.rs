@@ -726,3 +726,32 @@ async fn an_outbox_indexed_as_before_is_reindexed_and_its_queued_jobs_still_sent
     let m = crate::operability::metrics_of(&t).await;
     crate::operability::has(&m, r#"otpd_delivery_queue_depth{channel="email"} 0"#);
 }
+
+/// Jobs whose code expired while no worker ran are ended a step at a time (a step is 100
+/// jobs on SQLite), never sent, and a live job queued behind them is still sent.
+#[tokio::test]
+async fn a_backlog_of_expired_jobs_is_ended_unsent_and_the_live_job_behind_it_is_sent() {
+    let t = TestApp::spawn_with(&["--delivery-workers", "0"]).await;
+    let lapsed = 250;
+    for i in 0..lapsed {
+        let email = format!("u{i}@example.com");
+        t.post_ok("/email", json!({"email": email, "password": "1"}))
+            .await;
+    }
+    t.advance(301);
+    let live = t
+        .post_ok(
+            "/email",
+            json!({"email": "live@example.com", "password": "1"}),
+        )
+        .await;
+    let t = t.restart_with(Vec::new()).await;
+    let sent = t.finished_delivery(live["id"].as_str().unwrap()).await;
+    assert_eq!(sent["state"], "sent");
+    let expired = t
+        .delivery_states()
+        .iter()
+        .filter(|(state, _)| state == "expired")
+        .count();
+    assert_eq!(expired, lapsed, "every lapsed job ended expired, none sent");
+}

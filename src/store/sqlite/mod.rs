@@ -456,36 +456,41 @@ mod tests {
         (dir, store)
     }
 
-    /// Jobs queued for `sms` whose code expired at 1 s, and one whose code lives on.
-    async fn lapsed_jobs(store: &SqliteStore, lapsed: usize) {
-        let payload = serde_json::to_string(&crate::store::outbox::Payload {
+    /// Jobs queued for `sms` whose code expired at 1 s, and one whose code lives on:
+    /// that one's id.
+    async fn lapsed_jobs(store: &SqliteStore, lapsed: usize) -> String {
+        let job = |expires_at| NewCode {
+            channel: Channel::Sms,
+            target: "+77010000000".into(),
+            hash: crate::domain::secret::CodeHash([0; 32]),
+            ip: None,
+            now: Timestamp::from_millis(0),
+            expires_at: Timestamp::from_millis(expires_at),
+            max_active: 1,
+            delivery_id: DeliveryId::new(Timestamp::from_millis(0)),
             content: crate::domain::message::MessageContent::Text { text: "x".into() },
-            code: None,
-        })
-        .unwrap();
+            code: crate::domain::code::Password::parse("123456").unwrap(),
+            failure_budget: None,
+            lease_until: None,
+        };
+        let live = job(i64::MAX);
+        let live_id = live.delivery_id.to_string();
+        let jobs: Vec<NewCode> = (0..lapsed).map(|_| job(1_000)).chain([live]).collect();
         store
             .writer
             .call(move |conn| {
-                let jobs = (0..lapsed).map(|n| (format!("{n:032x}"), 1_000));
-                for (id, expires_at) in jobs.chain([("f".repeat(32), i64::MAX)]) {
-                    conn.execute(
-                        "INSERT INTO deliveries (id, channel, target, payload, state, created_at,
-                                                 updated_at, expires_at, next_attempt_at)
-                         VALUES (?1, 'sms', '+77010000000', ?2, 'queued', 0, 0, ?3, 0)",
-                        rusqlite::params![id, payload, expires_at],
-                    )
-                    .map_err(map_err)?;
-                }
-                Ok(())
+                jobs.iter()
+                    .try_for_each(|code| deliveries::enqueue(conn, code))
             })
             .await
             .unwrap();
+        live_id
     }
 
     #[tokio::test]
     async fn a_claim_ends_lapsed_jobs_a_step_at_a_time_and_never_takes_one() {
         let (_dir, store) = new_store();
-        lapsed_jobs(&store, PURGE_STEP + 7).await;
+        let live = lapsed_jobs(&store, PURGE_STEP + 7).await;
         let (now, lease) = (
             Timestamp::from_millis(2_000),
             Timestamp::from_millis(62_000),
@@ -508,7 +513,7 @@ mod tests {
             .unwrap();
         assert_eq!(ended.expired[sms], 7);
         let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
-        assert_eq!(ids, ["f".repeat(32)], "only the live job is claimed");
+        assert_eq!(ids, [live], "only the live job is claimed");
         store.close().await;
     }
 
