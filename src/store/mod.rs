@@ -72,6 +72,28 @@ impl NewCode {
     }
 }
 
+#[cfg(test)]
+impl NewCode {
+    /// A code for an `sms` job to `target`, created at 0 ms and expiring at `expires_at`
+    /// ms, with no limits in play: what the stores' own tests queue.
+    pub(crate) fn queued_for_test(target: &str, expires_at: i64) -> NewCode {
+        NewCode {
+            channel: Channel::Sms,
+            target: target.into(),
+            hash: CodeHash([0; 32]),
+            ip: None,
+            now: Timestamp::from_millis(0),
+            expires_at: Timestamp::from_millis(expires_at),
+            max_active: 1,
+            delivery_id: DeliveryId::new(Timestamp::from_millis(0)),
+            content: MessageContent::Text { text: "x".into() },
+            code: Password::parse("123456").unwrap(),
+            failure_budget: None,
+            lease_until: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CreateOutcome {
     Created,

@@ -1,8 +1,9 @@
 -- Take due jobs of one channel. KEYS: queue (stream), delayed (by due time: retries
 -- waiting, and the leases of jobs being sent). ARGV: now, lease_until, max, consumer,
--- key tag, retention (ms).
--- Returns {jobs, expired, failed}: {id, target, payload, attempts, expires_at,
--- created_at} per job taken, and how many jobs this call ended itself.
+-- key tag, retention (ms), step.
+-- Returns {jobs, expired, failed, more}: {id, target, payload, attempts, expires_at,
+-- created_at} per job taken, how many jobs this call ended itself, and 1 when it stopped
+-- reading new entries after ending `step` jobs (more may be waiting), else 0.
 --
 -- A job being sent is a member of the delayed set, scored by its lease's end: when the
 -- lease runs out (its worker died), it is due like a retry and taken again. The stream
@@ -11,6 +12,7 @@
 -- once read, so neither the read nor the finish pays for a consumer group's bookkeeping.
 local now, max, tag = tonumber(ARGV[1]), tonumber(ARGV[3]), ARGV[5]
 local queue, delayed, group, retention = KEYS[1], KEYS[2], 'workers', tonumber(ARGV[6])
+local step = tonumber(ARGV[7])
 -- Made here rather than once at start, so that a Redis that lost its data recovers.
 redis.pcall('XGROUP', 'CREATE', queue, group, '0', 'MKSTREAM')
 
@@ -66,9 +68,12 @@ end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, max)) do
   take(id, true)
 end
--- New entries; ended ones are skipped without using up the batch.
+-- New entries; ended ones are skipped without using up the batch, but at most `step`
+-- of them per call: Redis answers nobody else while a script runs, and a backlog of
+-- jobs whose codes expired (otpd stopped for longer than a code lives) would otherwise
+-- all be ended in this one call.
 local last
-while #jobs < max do
+while #jobs < max and expired + failed < step do
   local read = redis.call('XREADGROUP', 'GROUP', group, ARGV[4], 'COUNT', max - #jobs,
     'NOACK', 'STREAMS', queue, '>')
   if not read or #read[1][2] == 0 then break end
@@ -79,4 +84,6 @@ while #jobs < max do
 end
 -- Every entry before the last one read has been read by some worker: none is needed.
 if last then redis.call('XTRIM', queue, 'MINID', last) end
-return {jobs, expired, failed}
+local more = 0
+if #jobs < max and expired + failed >= step then more = 1 end
+return {jobs, expired, failed, more}

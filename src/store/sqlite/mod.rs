@@ -459,20 +459,7 @@ mod tests {
     /// Jobs queued for `sms` whose code expired at 1 s, and one whose code lives on:
     /// that one's id.
     async fn lapsed_jobs(store: &SqliteStore, lapsed: usize) -> String {
-        let job = |expires_at| NewCode {
-            channel: Channel::Sms,
-            target: "+77010000000".into(),
-            hash: crate::domain::secret::CodeHash([0; 32]),
-            ip: None,
-            now: Timestamp::from_millis(0),
-            expires_at: Timestamp::from_millis(expires_at),
-            max_active: 1,
-            delivery_id: DeliveryId::new(Timestamp::from_millis(0)),
-            content: crate::domain::message::MessageContent::Text { text: "x".into() },
-            code: crate::domain::code::Password::parse("123456").unwrap(),
-            failure_budget: None,
-            lease_until: None,
-        };
+        let job = |expires_at| NewCode::queued_for_test("+77010000000", expires_at);
         let live = job(i64::MAX);
         let live_id = live.delivery_id.to_string();
         let jobs: Vec<NewCode> = (0..lapsed).map(|_| job(1_000)).chain([live]).collect();
