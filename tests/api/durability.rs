@@ -728,7 +728,7 @@ async fn an_outbox_indexed_as_before_is_reindexed_and_its_queued_jobs_still_sent
 }
 
 /// Jobs whose code expired while no worker ran are ended a step at a time (a step is 100
-/// jobs on SQLite), never sent, and a live job queued behind them is still sent.
+/// jobs on either store), never sent, and a live job queued behind them is still sent.
 #[tokio::test]
 async fn a_backlog_of_expired_jobs_is_ended_unsent_and_the_live_job_behind_it_is_sent() {
     let t = TestApp::spawn_with(&["--delivery-workers", "0"]).await;

@@ -783,7 +783,11 @@ mod tests {
                 return None;
             };
             let started = std::time::Instant::now();
-            while !socket.exists() && started.elapsed() < Duration::from_secs(10) {
+            while !socket.exists() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "the test's redis-server did not open its socket"
+                );
                 std::thread::sleep(Duration::from_millis(10));
             }
             let url = format!("redis+unix://{}", socket.display());
